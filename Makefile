@@ -1,0 +1,29 @@
+# The two commands of README.md. Each creates .venv (and installs the project) if needed.
+#   make demo   run the pipeline on the default config (the synthetic demo cohort)
+#   make test   lint, format check and the test suite
+
+PYTHON ?= python3
+VENV ?= .venv
+CORES ?= all
+STAMP := $(VENV)/.installed-stamp
+export PATH := $(abspath $(VENV))/bin:$(PATH)
+
+.PHONY: demo test lint venv
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	snakemake --cores $(CORES)
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+test: lint
+	pytest -n 2 --durations=15

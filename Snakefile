@@ -1,0 +1,21 @@
+# span-wsi: raw whole-slide images -> tissue patches -> features -> SPAN and MIL baselines.
+# Run `snakemake --cores all` (settings from profiles/default); see README.md.
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/demo.smk"
+include: "workflow/rules/slides.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        f"{RESULTS}/qc/summary.tsv",
+        expand(f"{RESULTS}/qc/{{slide}}.png", slide=PATCHED),

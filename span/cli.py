@@ -1,0 +1,61 @@
+"""`span <stage> ...`: the command line the Snakemake rules call, one subcommand per stage.
+
+Every option is explicit (the rule passes its params); no subcommand reads config.yaml.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import span
+from span.errors import SpanError
+
+log = logging.getLogger("span")
+
+
+def _setup_logging(log_file: str | None) -> None:
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if log_file:
+        handlers.append(logging.FileHandler(log_file, mode="w"))
+    root = logging.getLogger()
+    root.handlers[:] = []
+    for handler in handlers:
+        handler.setFormatter(fmt)
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every stage's subcommand registered."""
+    from span.slides import cli as slides_cli
+
+    parser = argparse.ArgumentParser(
+        prog="span",
+        description="Whole-slide images to slide-level predictions with SPAN and MIL baselines.",
+    )
+    parser.add_argument("--version", action="version", version=f"span-wsi {span.__version__}")
+    parser.add_argument("--log", metavar="FILE", help="also write the log to FILE")
+    stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
+    slides_cli.register(stages)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `span` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log)
+    try:
+        args.func(args)
+    except SpanError as exc:
+        log.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

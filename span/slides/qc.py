@@ -1,0 +1,120 @@
+"""Quality-control outputs of the slide stage: a per-slide PNG and the cohort summary table."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from span.atomic import atomic_output, write_text_atomic
+from span.slides.patch_file import read_patch_file
+
+CELL_RGB = (0, 170, 60)
+TISSUE_RGB = (20, 60, 230)
+PEN_RGB = (230, 0, 160)
+SUMMARY_COLUMNS = (
+    "slide_id",
+    "patches",
+    "tissue_area_mm2",
+    "slide_mpp",
+    "mpp_source",
+    "patch_size_level0",
+    "warnings",
+)
+
+
+def _cell_edges(n_px: int, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
+    """Cell index of each pixel along one axis and whether the pixel starts a new cell."""
+    idx = np.minimum(np.arange(n_px) * n_cells // n_px, n_cells - 1)
+    edge = np.ones(n_px, bool)
+    edge[1:] = idx[1:] != idx[:-1]
+    return idx, edge
+
+
+def render_qc(
+    thumb: np.ndarray,
+    tissue: np.ndarray,
+    pen: np.ndarray,
+    grid: np.ndarray,
+    n_cells: tuple[int, int],
+    title: Sequence[str],
+) -> np.ndarray:
+    """Thumbnail with kept cells shaded and outlined, the tissue contour and pen ink outlined.
+
+    The thumbnail spans exactly `n_cells` (columns, rows) grid cells; masks may be at
+    another resolution covering the same area.
+    """
+    h, w = thumb.shape[:2]
+    out = thumb.copy()
+    n_cols, n_rows = n_cells
+    kept = np.zeros((n_rows, n_cols), bool)
+    if len(grid):
+        kept[grid[:, 1], grid[:, 0]] = True
+    col, col_edge = _cell_edges(w, n_cols)
+    row, row_edge = _cell_edges(h, n_rows)
+    kept_px = kept[row[:, None], col[None, :]]
+    border = kept_px & (row_edge[:, None] | col_edge[None, :])
+    out[kept_px] = (0.85 * out[kept_px] + 0.15 * np.array(CELL_RGB)).astype(np.uint8)
+    out[border] = CELL_RGB
+    for mask, colour in ((tissue, TISSUE_RGB), (pen, PEN_RGB)):
+        if not mask.any():
+            continue
+        scaled = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
+        contours, _ = cv2.findContours(scaled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
+        cv2.drawContours(out, contours, -1, colour, 2)
+    line_h = 22
+    header = np.full((line_h * len(title) + 8, w, 3), 255, np.uint8)
+    for i, text in enumerate(title):
+        cv2.putText(
+            header,
+            text,
+            (6, line_h * (i + 1)),
+            cv2.FONT_HERSHEY_SIMPLEX,
+            0.55,
+            (0, 0, 0),
+            1,
+            cv2.LINE_AA,
+        )
+    return np.concatenate([header, out], axis=0)
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an RGB image as PNG atomically."""
+    with atomic_output(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")
+
+
+def qc_summary_rows(patch_files: Sequence[str | Path]) -> list[dict]:
+    """One summary row per patch file, from its attributes."""
+    rows = []
+    for path in patch_files:
+        patches = read_patch_file(path)
+        a = patches.attrs
+        rows.append(
+            {
+                "slide_id": a.get("slide_id", Path(path).stem),
+                "patches": len(patches),
+                "tissue_area_mm2": f"{a.get('tissue_area_mm2', float('nan')):.4f}",
+                "slide_mpp": f"{a.get('slide_mpp', float('nan')):.4f}",
+                "mpp_source": a.get("mpp_source", ""),
+                "patch_size_level0": a.get("patch_size_level0", ""),
+                "warnings": "; ".join(patches.warnings),
+            }
+        )
+    return rows
+
+
+def write_qc_summary(patch_files: Sequence[str | Path], out_tsv: str | Path) -> list[dict]:
+    """Write the cohort's `qc/summary.tsv` atomically and return its rows."""
+    rows = qc_summary_rows(patch_files)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, SUMMARY_COLUMNS, delimiter="\t", lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out_tsv, buf.getvalue())
+    return rows

@@ -1,0 +1,589 @@
+"""Procedural H&E-like slides: tissue, tumour islands, pen marks and dust, with ground-truth masks.
+
+Used for the demo cohort (small pyramidal TIFFs a laptop processes in seconds), the tests (the
+masks are the ground truth) and the reading benchmark (a 40960 px slide written tile by tile).
+Everything is deterministic from a seed; sizes are in micrometres and rendered at a given mpp.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from span.slides.tiff_writer import write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
+
+# Layout (tissue outline, holes, tumour islands) is drawn on a coarse grid with this spacing, so
+# the same seed gives the same tissue at 20x and 40x; it is upsampled to the render resolution.
+LAYOUT_UM = 4.0
+# Patch cell used to estimate how many patches a slide yields (224 px at 0.5 um/px).
+PATCH_UM = 112.0
+
+PEN_COLOURS: dict[str, tuple[int, int, int]] = {
+    "blue": (40, 60, 170),
+    "green": (40, 140, 80),
+    "black": (30, 30, 35),
+}
+BACKGROUND_RGB = (243.0, 242.0, 246.0)
+NORMAL_NUCLEI_PER_UM2 = 1 / 300.0  # stroma: sparse small nuclei (radius ~2.6 um)
+TUMOUR_NUCLEI_PER_UM2 = 1 / 55.0  # tumour: crowded large nuclei (radius ~4.6 um)
+
+
+def _absorbance(rgb: Sequence[float]) -> np.ndarray:
+    """Optical density (natural log) of a colour seen through unit concentration of a stain."""
+    return np.log(255.0 / np.asarray(rgb, dtype=np.float64)).astype(np.float32)
+
+
+# Stain absorbance vectors chosen so unit concentration over white gives these colours.
+EOSIN = _absorbance((236, 152, 198))  # pink stroma
+HAEMATOXYLIN = _absorbance((100, 72, 150))  # purple nuclei of normal cells
+TUMOUR_HAEMATOXYLIN = _absorbance((62, 50, 138))  # darker, bluer nuclei of tumour cells
+
+# exp(-OD) through a 256-entry lookup table (cv2.convertScaleAbs + cv2.LUT): far faster than
+# np.exp on (H, W, 3) float32. 96 steps per unit OD: ~1% transmission steps, OD up to 2.65.
+_OD_STEPS = 96
+_TRANSMISSION_LUT = np.round(255.0 * np.exp(-np.arange(256, dtype=np.float64) / _OD_STEPS)).astype(
+    np.uint8
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Small vectorised helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _upsample(field: np.ndarray, scale_y: float, scale_x: float, shape: tuple[int, int], *,
+              cubic: bool = False, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+    """Resample a coarse field to ``shape``; output pixel centre j maps to field (j+0.5)*s-0.5.
+
+    ``scale_*`` is field pixels per output pixel; ``offset`` (in output pixels) shifts the window,
+    which lets tiles of any pyramid level sample the same layout consistently.
+    """
+    h, w = shape
+    oy, ox = offset
+    m = np.array(
+        [
+            [scale_x, 0.0, (ox + 0.5) * scale_x - 0.5],
+            [0.0, scale_y, (oy + 0.5) * scale_y - 0.5],
+        ],
+        dtype=np.float64,
+    )
+    flags = (cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
+    return cv2.warpAffine(
+        np.ascontiguousarray(field, dtype=np.float32), m, (w, h), flags=flags,
+        borderMode=cv2.BORDER_REPLICATE,
+    )
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell_y: float,
+                  cell_x: float | None = None) -> np.ndarray:
+    """Zero-mean, roughly unit-variance smooth noise with feature size ``cell`` output pixels."""
+    cell_x = cell_y if cell_x is None else cell_x
+    gh = max(2, round(shape[0] / cell_y) + 1)
+    gw = max(2, round(shape[1] / cell_x) + 1)
+    grid = rng.standard_normal((gh, gw), dtype=np.float32)
+    # Cubic interpolation of white noise has std ~0.75; rescale to ~1.
+    out = cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
+    return cv2.multiply(out, 1.33)
+
+
+def _ellipse_rho(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ay: float, ax: float,
+                 angle: float) -> np.ndarray:
+    """Normalised elliptical radius (1 on the ellipse boundary) on a coordinate grid."""
+    c, s = math.cos(angle), math.sin(angle)
+    dy, dx = yy - cy, xx - cx
+    u = (dx * c + dy * s) / ax
+    v = (-dx * s + dy * c) / ay
+    return np.sqrt(u * u + v * v)
+
+
+def _to_rgb(od: np.ndarray) -> np.ndarray:
+    """Beer-Lambert: non-negative optical density (..., 3) float32 -> uint8 transmitted colour."""
+    idx = np.clip(od * np.float32(_OD_STEPS) + np.float32(0.5), 0, 255).astype(np.uint8)
+    return _TRANSMISSION_LUT[idx]
+
+
+# --------------------------------------------------------------------------------------------
+# Layout on the coarse grid (mpp-independent)
+# --------------------------------------------------------------------------------------------
+
+
+def _tissue_layout(rng: np.random.Generator, gh: int, gw: int, cell_um: float,
+                   tissue_fraction: float, holes: bool = True) -> np.ndarray:
+    """Signed tissue field on a (gh, gw) grid: > 0 inside tissue (holes already cut out)."""
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    n_frag = int(rng.integers(1, 4))
+    base_r = math.sqrt(gh * gw * tissue_fraction / (math.pi * n_frag))
+    field = np.full((gh, gw), -1.0, dtype=np.float32)
+    for _ in range(n_frag):
+        cy = rng.uniform(0.3, 0.7) * gh
+        cx = rng.uniform(0.3, 0.7) * gw
+        r = base_r * rng.uniform(0.9, 1.3)
+        aspect = rng.uniform(0.55, 1.0)
+        rho = _ellipse_rho(yy, xx, cy, cx, r * math.sqrt(aspect), r / math.sqrt(aspect),
+                           rng.uniform(0, math.pi))
+        np.maximum(field, 1.0 - rho, out=field)
+    # Irregular outline: large lobes plus a ragged edge.
+    big = max(2.0, 150.0 / cell_um)
+    field += 0.35 * _smooth_noise(rng, (gh, gw), big) + 0.08 * _smooth_noise(rng, (gh, gw), big / 5)
+    # Keep tissue off the slide border.
+    margin = 0.07 * min(gh, gw)
+    edge = np.minimum(np.minimum(yy, gh - 1 - yy), np.minimum(xx, gw - 1 - xx))
+    field -= 3.0 * np.clip((margin - edge) / margin, 0.0, None)
+    thr = float(np.quantile(field, 1.0 - min(0.95, tissue_fraction * 1.05)))
+    field -= thr
+    if not holes:
+        return field
+
+    # Holes (lumen, fat): ellipses well inside the tissue, cut out with a signed min().
+    inside = (field > 0).astype(np.uint8)
+    dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5) * cell_um
+    hole = np.full((gh, gw), -1.0, dtype=np.float32)
+    n_holes = int(rng.integers(4, 10))
+    cand = np.flatnonzero(dist > 60.0)
+    if cand.size:
+        for _ in range(n_holes):
+            k = int(cand[rng.integers(cand.size)])
+            cy, cx = divmod(k, gw)
+            r_um = min(rng.uniform(15.0, 70.0), 0.8 * float(dist.flat[k]))
+            aspect = rng.uniform(0.5, 1.0)
+            a = r_um / cell_um
+            rho = _ellipse_rho(yy, xx, cy, cx, a * math.sqrt(aspect), a / math.sqrt(aspect),
+                               rng.uniform(0, math.pi))
+            np.maximum(hole, 1.0 - rho, out=hole)
+    return np.minimum(field, -0.5 * hole)
+
+
+def _tumour_layout(rng: np.random.Generator, tissue: np.ndarray, cell_um: float,
+                   target_fraction: float) -> np.ndarray:
+    """Signed tumour field: several islands clustered around one centre inside the tissue."""
+    gh, gw = tissue.shape
+    inside = tissue > 0
+    tissue_area = int(inside.sum())
+    out = np.full((gh, gw), -1.0, dtype=np.float32)
+    if tissue_area == 0:
+        return out
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
+    # Cluster centre: a deep-ish tissue point.
+    deep = np.flatnonzero(dist >= 0.5 * dist.max())
+    cy, cx = divmod(int(deep[rng.integers(deep.size)]), gw)
+    target = target_fraction * tissue_area
+    cluster_r = math.sqrt(1.6 * target / math.pi)
+    ragged = 0.3 * _smooth_noise(rng, (gh, gw), max(2.0, 30.0 / cell_um))
+    islands = np.full((gh, gw), -1.0, dtype=np.float32)
+    area = 0
+    for _ in range(60):
+        iy = cy + rng.normal(0.0, 0.45 * cluster_r)
+        ix = cx + rng.normal(0.0, 0.45 * cluster_r)
+        if not (0 <= iy < gh and 0 <= ix < gw) or not inside[int(iy), int(ix)]:
+            continue
+        r = cluster_r * rng.uniform(0.18, 0.4)
+        aspect = rng.uniform(0.5, 1.0)
+        rho = _ellipse_rho(yy, xx, iy, ix, r * math.sqrt(aspect), r / math.sqrt(aspect),
+                           rng.uniform(0, math.pi))
+        np.maximum(islands, 1.0 - rho, out=islands)
+        out = np.minimum(islands + ragged, tissue)
+        area = int((out > 0).sum())
+        if area >= target:
+            break
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Full-resolution rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _nuclei(rng: np.random.Generator, shape: tuple[int, int], mpp: float,
+            tissue_mask: np.ndarray, tumour_mask: np.ndarray) -> np.ndarray:
+    """Soft nucleus field in [0, 1]: Poisson points blurred and thresholded into round nuclei.
+
+    Sparse small nuclei in normal tissue, crowded large ones in tumour. A point of weight
+    k = exp(r^2 / 2 sigma^2) blurred by a normalised Gaussian crosses 1 at distance r.
+    """
+    h, w = shape
+    n = int(rng.poisson(TUMOUR_NUCLEI_PER_UM2 * h * w * mpp * mpp))
+    ys = rng.integers(0, h, n)
+    xs = rng.integers(0, w, n)
+    u = rng.random(n, dtype=np.float32)
+    in_tumour = tumour_mask[ys, xs]
+    density = np.where(in_tumour, TUMOUR_NUCLEI_PER_UM2,
+                       np.where(tissue_mask[ys, xs], NORMAL_NUCLEI_PER_UM2, 0.0))
+    keep = u * TUMOUR_NUCLEI_PER_UM2 < density
+    ys, xs, in_tumour = ys[keep], xs[keep], in_tumour[keep]
+    r = np.where(in_tumour, 4.6, 2.6) * rng.uniform(0.8, 1.2, ys.size)
+    sigma_um = 2.0
+    sigma = sigma_um / mpp
+    weights = np.exp(r * r / (2 * sigma_um * sigma_um)) * (2 * math.pi * sigma * sigma)
+    points = np.zeros(shape, dtype=np.float32)
+    points[ys, xs] = weights
+    k = 2 * int(math.ceil(4.2 * sigma)) + 1
+    field = cv2.GaussianBlur(points, (k, k), sigma)
+    return cv2.min(cv2.max(cv2.addWeighted(field, 1.6, field, 0.0, -0.96), 0.0), 1.0)
+
+
+def _draw_pen(rng: np.random.Generator, image: np.ndarray, tissue_grid: np.ndarray,
+              cell_um: float, mpp: float, colour: tuple[int, int, int]) -> np.ndarray:
+    """Draw one or two thick ink strokes hugging the tissue edge; return the ink mask."""
+    h, w = image.shape[:2]
+    mask = np.zeros((h, w), dtype=np.uint8)
+    inside = (tissue_grid > 0).astype(np.uint8)
+    edge = cv2.morphologyEx(inside, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
+    edge_pts = np.flatnonzero(edge)
+    ty, tx = np.nonzero(inside)
+    if edge_pts.size == 0 or ty.size == 0:
+        return mask.astype(bool)
+    centre = np.array([tx.mean(), ty.mean()]) * cell_um  # (x, y) in um
+    side_um = min(h, w) * mpp
+    for _ in range(int(rng.integers(1, 3))):
+        gy, gx = divmod(int(edge_pts[rng.integers(edge_pts.size)]), tissue_grid.shape[1])
+        p = (np.array([gx, gy]) + 0.5) * cell_um
+        normal = p - centre
+        normal /= max(float(np.linalg.norm(normal)), 1e-6)
+        ang = rng.uniform(-0.35, 0.35)
+        normal = np.array([normal[0] * math.cos(ang) - normal[1] * math.sin(ang),
+                           normal[0] * math.sin(ang) + normal[1] * math.cos(ang)])
+        tangent = np.array([-normal[1], normal[0]])
+        length = rng.uniform(0.45, 0.8) * side_um
+        thick = rng.uniform(150.0, 300.0)
+        o1, o2 = rng.uniform(0.05, 0.25, 2) * length
+        mid = rng.uniform(-0.2, 0.6) * thick
+        ctrl_off = 2.0 * (mid - (o1 + o2) / 4.0)
+        start = p - 0.5 * length * tangent + o1 * normal
+        end = p + 0.5 * length * tangent + o2 * normal
+        ctrl = p + ctrl_off * normal
+        t = np.linspace(0.0, 1.0, 48)[:, None]
+        curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t**2 * end
+        pts = np.round(curve / mpp).astype(np.int32).reshape(-1, 1, 2)
+        cv2.polylines(mask, [pts], False, 1, thickness=max(1, round(thick / mpp)),
+                      lineType=cv2.LINE_8)
+    pen = mask.astype(bool)
+    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+    if ys.size == 0:
+        return pen
+    # Multiplicative ink (a dye over the section) with patchy opacity, inside the strokes' bbox.
+    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
+    box = (y1 - y0, x1 - x0)
+    alpha = _smooth_noise(rng, box, 80.0 / mpp)
+    alpha = cv2.max(cv2.min(cv2.addWeighted(alpha, 0.1, alpha, 0.0, 0.85), 1.0), 0.6)
+    ink_od = _absorbance(colour)
+    factor = np.exp(-alpha[..., None] * ink_od)  # per-pixel transmission of the ink
+    region = image[y0:y1, x0:x1]
+    inked = cv2.multiply(region, factor, dtype=cv2.CV_8U)
+    np.copyto(region, inked, where=pen[y0:y1, x0:x1, None])
+    return pen
+
+
+def _draw_dust(rng: np.random.Generator, image: np.ndarray, tissue_grid: np.ndarray,
+               cell_um: float, mpp: float) -> None:
+    """A few small (< 40 um) grey/dark specks on the background."""
+    gh, gw = tissue_grid.shape
+    free = cv2.erode((tissue_grid <= 0).astype(np.uint8), np.ones((9, 9), np.uint8))
+    cand = np.flatnonzero(free)
+    if cand.size == 0:
+        return
+    for _ in range(int(rng.integers(3, 11))):
+        gy, gx = divmod(int(cand[rng.integers(cand.size)]), gw)
+        cy, cx = (gy + 0.5) * cell_um, (gx + 0.5) * cell_um
+        grey = float(rng.uniform(50.0, 150.0))
+        tint = rng.uniform(-12.0, 12.0, 3)
+        colour = tuple(float(np.clip(grey + t, 0, 255)) for t in tint)
+        size_um = rng.uniform(5.0, 36.0)
+        for _ in range(int(rng.integers(1, 4))):  # a speck is 1-3 overlapping blobs
+            jy, jx = rng.normal(0.0, 0.2 * size_um, 2)
+            ax = max(1, round(rng.uniform(0.25, 0.5) * size_um / mpp))
+            ay = max(1, round(ax * rng.uniform(0.3, 1.0)))
+            centre = (round((cx + jx) / mpp), round((cy + jy) / mpp))
+            cv2.ellipse(image, centre, (ax, ay), float(rng.uniform(0, 180)), 0, 360, colour, -1,
+                        cv2.LINE_AA)
+
+
+def _render_stains(r_tex: np.random.Generator, r_nuc: np.random.Generator,
+                   tissue_mask: np.ndarray, tumour_mask: np.ndarray, mpp: float) -> np.ndarray:
+    """H&E colours for given tissue/tumour masks at ``mpp``: Beer-Lambert mix of eosin (fibrous
+    stroma), haematoxylin (nuclei) and glass, through a lookup table. cv2 arithmetic throughout
+    (SIMD, multithreaded), since this runs on every pixel of the slide."""
+    h, w = tissue_mask.shape
+    tum = tumour_mask.astype(np.float32)
+    tis = tissue_mask.astype(np.float32)
+    stain_var = cv2.addWeighted(_smooth_noise(r_tex, (h, w), 200.0 / mpp), 0.12, tis, 0.0, 1.0)
+    blend = _smooth_noise(r_tex, (h, w), 120.0 / mpp)
+    blend = cv2.max(cv2.min(cv2.addWeighted(blend, 0.6, blend, 0.0, 0.5), 1.0), 0.0)
+    # Wavy collagen fibres: two anisotropic noises blended by a slowly varying weight.
+    f1 = _smooth_noise(r_tex, (h, w), 14.0 / mpp, 2.5 / mpp)
+    f2 = _smooth_noise(r_tex, (h, w), 2.5 / mpp, 14.0 / mpp)
+    fibre = cv2.add(f2, cv2.multiply(cv2.subtract(f1, f2), blend))
+    grain = _smooth_noise(r_tex, (h, w), 1.5 / mpp)
+    c_eosin = cv2.max(cv2.addWeighted(fibre, 0.3, grain, 0.08, 0.9), 0.25)
+    c_eosin = cv2.multiply(c_eosin, stain_var)
+    # Tumour: less collagen, more (basophilic) cytoplasm.
+    c_eosin = cv2.multiply(c_eosin, cv2.addWeighted(tum, -0.45, tis, 1.0, 0.0))
+    c_haem = cv2.multiply(stain_var, cv2.addWeighted(tum, 0.22, tis, 0.06, 0.0))
+
+    nuc = _nuclei(r_nuc, (h, w), mpp, tissue_mask, tumour_mask)
+    chromatin = cv2.max(cv2.min(cv2.addWeighted(grain, 0.2, grain, 0.0, 0.85), 1.1), 0.5)
+    nuc = cv2.multiply(nuc, chromatin)
+    nuc_tumour = cv2.multiply(nuc, tum)
+    c_haem = cv2.scaleAdd(cv2.subtract(nuc, nuc_tumour), 0.95, c_haem)
+    c_tumour = cv2.multiply(nuc_tumour, 1.15)
+
+    # Glass: slow illumination drift plus per-pixel sensor noise, as a grey optical density.
+    glass = cv2.addWeighted(stain_var, 0.05, r_tex.random((h, w), dtype=np.float32), 0.016, -0.058)
+
+    m = np.zeros((3, 5), dtype=np.float64)
+    m[:, 0], m[:, 1], m[:, 2] = EOSIN, HAEMATOXYLIN, TUMOUR_HAEMATOXYLIN
+    m[:, 3] = 1.0
+    m[:, 4] = np.log(255.0 / np.asarray(BACKGROUND_RGB))
+    od = cv2.transform(cv2.merge([c_eosin, c_haem, c_tumour, glass]), m)
+    return cv2.LUT(cv2.convertScaleAbs(od, alpha=_OD_STEPS), _TRANSMISSION_LUT)
+
+
+def render_tissue(
+    height_um: float,
+    width_um: float,
+    mpp: float,
+    *,
+    tumour: bool,
+    seed: int,
+    pen: str | None = None,
+    dust: bool = True,
+    tissue_fraction: float = 0.42,
+    tumour_fraction: float | None = None,
+    texture_mpp: float = 0.5,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Render an H&E-like field of view; returns (RGB uint8, tissue, tumour, pen) masks.
+
+    The layout (tissue outline, holes, tumour islands, pen and dust positions) depends only on
+    the seed and the physical size, so the same seed at 0.25 and 0.5 um/px shows the same tissue.
+    Stain texture is rendered at ``max(mpp, texture_mpp)`` and upsampled (a 40x slide costs about
+    a 20x one); masks, pen and dust are drawn at ``mpp``. ``tumour_fraction`` (of the tissue
+    area) defaults to a seeded draw in 0.12-0.25.
+    """
+    if pen is not None and pen not in PEN_COLOURS:
+        raise ValueError(f"pen must be None or one of {sorted(PEN_COLOURS)}, got {pen!r}")
+    if mpp <= 0 or height_um <= 0 or width_um <= 0:
+        raise ValueError("height_um, width_um and mpp must be positive")
+    h, w = round(height_um / mpp), round(width_um / mpp)
+    r_layout, r_tumour, r_tex, r_nuc, r_pen, r_dust = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
+    )
+
+    # Layout on the coarse grid, then signed fields upsampled and thresholded.
+    gh, gw = math.ceil(height_um / LAYOUT_UM), math.ceil(width_um / LAYOUT_UM)
+    tissue_grid = _tissue_layout(r_layout, gh, gw, LAYOUT_UM, tissue_fraction)
+    frac = r_tumour.uniform(0.12, 0.25) if tumour_fraction is None else tumour_fraction
+    tumour_grid = _tumour_layout(r_tumour, tissue_grid, LAYOUT_UM, frac) if tumour else None
+
+    def masks(at_mpp: float, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        s = at_mpp / LAYOUT_UM
+        tissue = _upsample(tissue_grid, s, s, shape) > 0
+        if tumour_grid is None:
+            return tissue, np.zeros(shape, dtype=bool)
+        return tissue, (_upsample(tumour_grid, s, s, shape) > 0) & tissue
+
+    tissue_mask, tumour_mask = masks(mpp, (h, w))
+    if texture_mpp > mpp:
+        th, tw = round(height_um / texture_mpp), round(width_um / texture_mpp)
+        image = _render_stains(r_tex, r_nuc, *masks(texture_mpp, (th, tw)), texture_mpp)
+        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
+    else:
+        image = _render_stains(r_tex, r_nuc, tissue_mask, tumour_mask, mpp)
+
+    if dust:
+        _draw_dust(r_dust, image, tissue_grid, LAYOUT_UM, mpp)
+    if pen is not None:
+        pen_mask = _draw_pen(r_pen, image, tissue_grid, LAYOUT_UM, mpp, PEN_COLOURS[pen])
+    else:
+        pen_mask = np.zeros((h, w), dtype=bool)
+    return image, tissue_mask, tumour_mask, pen_mask
+
+
+# --------------------------------------------------------------------------------------------
+# Demo cohort
+# --------------------------------------------------------------------------------------------
+
+
+def demo_slide_ids(n: int = 16) -> list[str]:
+    """Slide ids of the demo cohort: demo_00, demo_01, ..."""
+    return [f"demo_{i:02d}" for i in range(n)]
+
+
+def demo_label(index: int) -> str:
+    """Label of the demo slide with this index: odd indices are tumour, even ones normal."""
+    return "tumor" if index % 2 else "normal"
+
+
+def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
+    """Per-slide variation (size, magnification, pen, dust, render seed) from seed and slide id."""
+    rng = np.random.default_rng([seed, zlib.crc32(slide_id.encode("utf-8"))])
+    mpp = 0.25 if rng.random() < 0.125 else 0.5
+    pen = None if rng.random() < 2 / 3 else ("blue", "green", "black")[int(rng.integers(3))]
+    dust = bool(rng.random() < 0.75)
+    cells = rng.uniform(90.0, 170.0)  # target tissue area in 112 um cells
+    tissue_fraction = rng.uniform(0.38, 0.5)
+    aspect = rng.uniform(0.8, 1.25)  # width / height
+    slide_area = cells * PATCH_UM**2 / tissue_fraction
+    height_um = round(math.sqrt(slide_area / aspect))
+    width_um = round(height_um * aspect)
+    return {
+        "mpp": mpp,
+        "magnification": 40 if mpp == 0.25 else 20,
+        "pen": pen,
+        "dust": dust,
+        "height_um": float(height_um),
+        "width_um": float(width_um),
+        "tissue_fraction_target": float(tissue_fraction),
+        "render_seed": int(rng.integers(2**31 - 1)),
+    }
+
+
+def make_demo_slide(path: str | os.PathLike, slide_id: str, tumour: bool, seed: int = 42) -> dict:
+    """Render and write one demo slide (3-level pyramidal TIFF); return the options and stats."""
+    opts = demo_slide_options(slide_id, seed)
+    image, tissue, tumour_mask, pen_mask = render_tissue(
+        opts["height_um"], opts["width_um"], opts["mpp"], tumour=tumour,
+        seed=opts["render_seed"], pen=opts["pen"], dust=opts["dust"],
+        tissue_fraction=opts["tissue_fraction_target"],
+    )
+    out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
+    px_area = opts["mpp"] ** 2
+    tissue_px = int(tissue.sum())
+    return {
+        "slide_id": slide_id,
+        "path": str(out),
+        "tumour": bool(tumour),
+        **opts,
+        "height_px": int(image.shape[0]),
+        "width_px": int(image.shape[1]),
+        "tissue_fraction": tissue_px / tissue.size,
+        "tumour_fraction_of_tissue": int(tumour_mask.sum()) / max(tissue_px, 1),
+        "pen_fraction": float(pen_mask.mean()),
+        "patch_cells_estimate": tissue_px * px_area / PATCH_UM**2,
+    }
+
+
+def write_demo_cohort(out_dir: str | os.PathLike, n_slides: int = 16, seed: int = 42) -> Path:
+    """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` plus ``<out_dir>/samples.tsv``."""
+    out = Path(out_dir)
+    rows = ["slide_id\tpath\tlabel\tpatient"]
+    for i, sid in enumerate(demo_slide_ids(n_slides)):
+        slide_path = out / "slides" / f"{sid}.tiff"
+        label = demo_label(i)
+        make_demo_slide(slide_path, sid, tumour=label == "tumor", seed=seed)
+        rows.append(f"{sid}\t{slide_path}\t{label}\tP{i}")
+    sheet = out / "samples.tsv"
+    tmp = sheet.with_name(f".{sheet.name}.tmp")
+    tmp.write_text("\n".join(rows) + "\n")
+    os.replace(tmp, sheet)
+    return sheet
+
+
+# --------------------------------------------------------------------------------------------
+# Large benchmark slide, written tile by tile
+# --------------------------------------------------------------------------------------------
+
+
+def _periodic_noise(rng: np.random.Generator, size: int, cell: float,
+                    cell_x: float | None = None) -> np.ndarray:
+    """Unit-variance smooth noise on a torus (seamless when tiled), via an FFT Gaussian filter."""
+    cell_x = cell if cell_x is None else cell_x
+    white = rng.standard_normal((size, size))
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    filt = np.exp(-2 * (math.pi**2) * ((fy * cell / 2) ** 2 + (fx * cell_x / 2) ** 2))
+    out = np.fft.irfft2(np.fft.rfft2(white) * filt, s=(size, size))
+    return (out / (out.std() + 1e-12)).astype(np.float32)
+
+
+def _periodic_tissue_texture(rng: np.random.Generator, size: int, mpp: float) -> np.ndarray:
+    """Seamless (size, size, 3) H&E stroma texture with nuclei, for tiling huge slides."""
+    fibre_a = _periodic_noise(rng, size, 14.0 / mpp, 2.5 / mpp)
+    fibre_b = _periodic_noise(rng, size, 2.5 / mpp, 14.0 / mpp)
+    blend = 1.0 / (1.0 + np.exp(-3.0 * _periodic_noise(rng, size, 120.0 / mpp)))
+    grain = _periodic_noise(rng, size, 1.5 / mpp)
+    fibre = blend * fibre_a + (1 - blend) * fibre_b
+    c_eosin = np.clip(0.9 + 0.3 * fibre + 0.08 * grain, 0.25, None)
+    # Nuclei: Poisson points convolved (circularly) with a Gaussian, thresholded.
+    sigma_um = 2.0
+    n = int(rng.poisson((size * mpp) ** 2 / 300.0))
+    ys, xs = rng.integers(0, size, n), rng.integers(0, size, n)
+    r = rng.uniform(2.1, 3.1, n)
+    points = np.zeros((size, size))
+    points[ys, xs] = np.exp(r * r / (2 * sigma_um**2))
+    s = sigma_um / mpp
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    gauss = np.exp(-2 * (math.pi**2) * (s**2) * (fy**2 + fx**2))
+    field = np.fft.irfft2(np.fft.rfft2(points) * gauss, s=(size, size))
+    nuc = np.clip((field - 0.6) * 1.6, 0.0, 1.0).astype(np.float32)
+    c_haem = 0.06 + 0.95 * nuc * np.clip(0.85 + 0.2 * grain, 0.5, 1.1)
+    od = c_eosin[..., None] * EOSIN + c_haem[..., None] * HAEMATOXYLIN
+    return _to_rgb(od.astype(np.float32))
+
+
+def write_large_synthetic_slide(
+    path: str | os.PathLike,
+    side_px: int = 40960,
+    mpp: float = 0.25,
+    tissue_fraction: float = 0.35,
+    seed: int = 0,
+) -> dict:
+    """Write a side x side px benchmark slide (levels 1, 4, 16, 64) with bounded memory.
+
+    Every level samples one low-resolution layout (side/64 px) so levels agree; tissue texture is
+    a seamless periodic tile, downsampled per level. Returns size, mpp and the layout's tissue
+    fraction.
+    """
+    layout_ds = 64
+    period = 1024
+    rng_layout, rng_tex = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+    g = max(8, math.ceil(side_px / layout_ds))
+    layout = _tissue_layout(rng_layout, g, g, layout_ds * mpp, tissue_fraction)
+    actual_fraction = float((layout > 0).mean())
+
+    texture0 = _periodic_tissue_texture(rng_tex, period, mpp)
+    bg0 = np.empty((period, period, 3), dtype=np.uint8)
+    bg_noise = 1.2 * _periodic_noise(rng_tex, period, 2.0)
+    for ch in range(3):
+        bg0[..., ch] = np.clip(BACKGROUND_RGB[ch] + bg_noise, 0, 255).astype(np.uint8)
+    textures: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+    def level_textures(ds: int) -> tuple[np.ndarray, np.ndarray]:
+        if ds not in textures:
+            p = max(1, period // ds)
+            textures[ds] = (
+                cv2.resize(texture0, (p, p), interpolation=cv2.INTER_AREA),
+                cv2.resize(bg0, (p, p), interpolation=cv2.INTER_AREA),
+            )
+        return textures[ds]
+
+    def render(ds: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        s = ds / layout_ds
+        val = _upsample(layout, s, s, (h, w), offset=(y, x))
+        tex, bg = level_textures(ds)
+        p = tex.shape[0]
+        rows = np.arange(y, y + h) % p
+        cols = np.arange(x, x + w) % p
+        out = bg.take(rows, axis=0).take(cols, axis=1)
+        mask = val > 0
+        if mask.any():
+            tissue = tex.take(rows, axis=0).take(cols, axis=1)
+            out[mask] = tissue[mask]
+        return out
+
+    out = write_pyramidal_tiff_from_tiles(
+        path, side_px, side_px, render, mpp, downsamples=(1, 4, 16, 64)
+    )
+    return {
+        "path": str(out),
+        "side_px": side_px,
+        "mpp": mpp,
+        "downsamples": [1, 4, 16, 64],
+        "tissue_fraction": actual_fraction,
+    }

@@ -1,0 +1,48 @@
+"""Shared fixtures: the real CMU-1-Small-Region slide and small generated slides."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from span.slides.tiff_writer import write_pyramidal_tiff
+
+REPO = Path(__file__).resolve().parents[1]
+CMU1 = Path(
+    os.environ.get(
+        "SPAN_TEST_SLIDE", REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+    )
+)
+
+
+@pytest.fixture(scope="session")
+def cmu1() -> Path:
+    """The real Aperio slide CMU-1-Small-Region (20x, 2220 x 2967, 0.499 um/px)."""
+    if not CMU1.is_file():
+        pytest.skip(f"real test slide not found at {CMU1} (set SPAN_TEST_SLIDE)")
+    return CMU1
+
+
+def blank_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Near-white glass with sensor noise."""
+    rng = np.random.default_rng(seed)
+    return (240 + rng.integers(0, 6, (height, width, 3))).astype(np.uint8)
+
+
+@pytest.fixture
+def write_slide(tmp_path):
+    """Write an RGB array as a pyramidal TIFF slide and return its path."""
+
+    def _write(image: np.ndarray, mpp: float | None = 0.5, name: str = "slide.tiff") -> Path:
+        path = tmp_path / name
+        if mpp is None:  # a TIFF without resolution tags: no mpp for openslide
+            import tifffile
+
+            tifffile.imwrite(path, image, tile=(256, 256), photometric="rgb")
+            return path
+        return write_pyramidal_tiff(path, image, mpp, downsamples=(1, 4, 16))
+
+    return _write

@@ -1,0 +1,148 @@
+"""The Snakemake workflow: start-up validation, planning, and failure isolation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from span.slides.synthetic import render_tissue
+from span.slides.tiff_writer import write_pyramidal_tiff
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+
+
+def snakemake(workdir: Path, *args: str, config: dict | None = None):
+    """Run snakemake in `workdir` (with a config written there); return the completed process."""
+    cmd = [*SNAKEMAKE, "-d", str(workdir), *args]
+    if config is not None:
+        cfg = workdir / "config.yaml"
+        cfg.write_text(yaml.safe_dump(config))
+        cmd += ["--configfile", str(cfg)]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600
+    )
+
+
+def write_sheet(path: Path, rows: list[tuple], header=("slide_id", "path", "label")) -> Path:
+    lines = ["\t".join(header)] + ["\t".join(map(str, r)) for r in rows]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def base_config(sheet: Path) -> dict:
+    return {
+        "cohort": "tiny",
+        "samples": str(sheet),
+        "classes": ["normal", "tumor"],
+        "demo": {"generate": False},
+    }
+
+
+def test_default_config_plans_demo_and_patching(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    res = snakemake(tmp_path, "-n", "--quiet", "rules")
+    assert res.returncode == 0, res.stdout
+    counts = {}
+    for line in res.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit():
+            counts[parts[0]] = int(parts[1])
+    n = len((REPO / "config" / "demo_samples.tsv").read_text().splitlines()) - 1
+    assert n == 16
+    assert counts["demo_slide"] == n and counts["patch"] == n and counts["qc_summary"] == 1
+
+
+@pytest.mark.parametrize(
+    ("patch", "message"),
+    [
+        ({"patching": {"patch_size": "big"}}, "patch_size"),
+        ({"patching": {"preset": "fancy"}}, "preset"),
+        ({"classes": ["tumor", "tumor"]}, "classes"),
+        ({"cohort": "../escape"}, "cohort"),
+        ({"patching": {"unknown_option": 1}}, "unknown_option"),
+    ],
+)
+def test_bad_config_rejected_before_any_job(tmp_path, patch, message):
+    sheet = write_sheet(tmp_path / "s.tsv", [("a", "a.svs", "normal")])
+    (tmp_path / "a.svs").write_bytes(b"x")
+    config = base_config(sheet)
+    for key, value in patch.items():
+        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
+    res = snakemake(tmp_path, "-n", config=config)
+    assert res.returncode != 0
+    assert "invalid config" in res.stdout and message in res.stdout
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize(
+    ("rows", "header", "message"),
+    [
+        ([("a", "x.svs", "normal"), ("a", "x.svs", "tumor")], None, "duplicate slide_id 'a'"),
+        ([("../a", "x.svs", "normal")], None, "not safe as a file name"),
+        ([("a", "x.svs", "benign")], None, "label 'benign' of 'a' is not one of"),
+        ([("a", "x.svs")], ("slide_id", "path"), "missing column(s) label"),
+        ([("a", "x.svs", "normal", "holdout")], ("slide_id", "path", "label", "split"), "split"),
+    ],
+)
+def test_bad_sample_sheet_rejected_before_any_job(tmp_path, rows, header, message):
+    (tmp_path / "x.svs").write_bytes(b"x")
+    sheet = write_sheet(tmp_path / "s.tsv", rows, header or ("slide_id", "path", "label"))
+    res = snakemake(tmp_path, "-n", config=base_config(sheet))
+    assert res.returncode != 0
+    assert message in res.stdout and str(sheet) in res.stdout
+
+
+def test_missing_files_reported_all_at_once(tmp_path):
+    (tmp_path / "here.svs").write_bytes(b"x")
+    rows = [("a", "gone1.svs", "normal"), ("b", "here.svs", "tumor"), ("c", "gone2.svs", "")]
+    sheet = write_sheet(tmp_path / "s.tsv", rows)
+    res = snakemake(tmp_path, "-n", config=base_config(sheet))
+    assert res.returncode != 0
+    assert "2 input file(s)" in res.stdout
+    assert "a: slide file gone1.svs" in res.stdout and "c: slide file gone2.svs" in res.stdout
+
+
+def small_slide(path: Path, seed: int) -> Path:
+    image, *_ = render_tissue(900, 1000, 0.5, tumour=bool(seed % 2), seed=seed)
+    return write_pyramidal_tiff(path, image, 0.5, downsamples=(1, 4, 16))
+
+
+def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
+    small_slide(tmp_path / "good1.tiff", 1)
+    small_slide(tmp_path / "good2.tiff", 2)
+    (tmp_path / "bad.svs").write_bytes(b"II*\x00" + bytes(200))
+    rows = [
+        ("good1", "good1.tiff", "normal"),
+        ("bad", "bad.svs", "tumor"),
+        ("good2", "good2.tiff", "tumor"),
+    ]
+    sheet = write_sheet(tmp_path / "s.tsv", rows)
+    res = snakemake(tmp_path, "--cores", "2", config=base_config(sheet))
+    assert res.returncode != 0
+    out = tmp_path / "results" / "tiny"
+    assert (out / "patches" / "good1.h5").is_file() and (out / "patches" / "good2.h5").is_file()
+    assert not (out / "patches" / "bad.h5").exists()
+    assert not (out / "qc" / "summary.tsv").exists()
+    error_lines = [line for line in res.stdout.splitlines() if "ERROR span:" in line]
+    assert len(error_lines) == 1
+    assert "bad.svs: not a readable slide" in error_lines[0]
+    assert "drop its row from the sample sheet" in error_lines[0]
+
+    # The user drops the row: only the summary runs, the finished slides are not redone.
+    mtime = (out / "patches" / "good1.h5").stat().st_mtime_ns
+    write_sheet(sheet, [rows[0], rows[2]])
+    res = snakemake(tmp_path, "--cores", "2", config=base_config(sheet))
+    assert res.returncode == 0, res.stdout
+    assert (out / "patches" / "good1.h5").stat().st_mtime_ns == mtime
+    summary = (out / "qc" / "summary.tsv").read_text().splitlines()
+    assert summary[0].startswith("slide_id\tpatches") and len(summary) == 3
+    assert np.all([int(line.split("\t")[1]) > 0 for line in summary[1:]])

@@ -1,0 +1,88 @@
+# Start-up checks and helpers shared by all rules: config and sample-sheet validation,
+# missing-input report, and the mapping from config sections to `span` CLI options.
+
+import os
+import re
+import shlex
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+# Rules call `python -m span`: make the package importable here and in every job's shell,
+# with or without --use-conda (conda envs hold only the dependencies).
+sys.path.insert(0, workflow.basedir)
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
+)
+
+from span.data.samplesheet import load_sample_sheet, missing_inputs
+from span.errors import SpanError
+
+
+def _schema_error(exc):
+    """snakemake's multi-line jsonschema report -> `where: what` on one line."""
+    text = str(exc)
+    what = re.search(r"ValidationError: (.*)", text)
+    where = re.search(r"On instance((?:\[[^]]*\])*)", text)
+    key = ".".join(re.findall(r"\['?([^]']*)'?\]", where.group(1))) if where else ""
+    return f"{key or 'config'}: {what.group(1) if what else text}"
+
+
+try:
+    validate(config, "../schemas/config.schema.yaml")
+except WorkflowError as exc:
+    raise WorkflowError(
+        f"invalid config, {_schema_error(exc)}. Fix it in the config file "
+        "(every option is described in config/README.md)."
+    ) from None
+
+COHORT = config["cohort"]
+RESULTS = f"results/{COHORT}"
+DEMO_DIR = "resources/demo/slides"
+
+try:
+    SAMPLES = {s.slide_id: s for s in load_sample_sheet(config["samples"], config["classes"])}
+except SpanError as exc:
+    raise WorkflowError(str(exc)) from None
+for sample in SAMPLES.values():
+    try:
+        validate(vars(sample), "../schemas/samples.schema.yaml")
+    except WorkflowError as exc:
+        raise WorkflowError(
+            f"invalid sample sheet {config['samples']}, {_schema_error(exc)}"
+        ) from None
+
+
+def is_demo_slide(path, slide_id):
+    """Whether the demo rule makes this slide (demo.generate and the demo path pattern)."""
+    return config["demo"]["generate"] and path == f"{DEMO_DIR}/{slide_id}.tiff"
+
+
+_missing = missing_inputs(SAMPLES.values(), producible=is_demo_slide)
+if _missing:
+    raise WorkflowError(
+        f"{len(_missing)} input file(s) named in {config['samples']} do not exist:\n  "
+        + "\n  ".join(_missing)
+        + "\nFix the paths in the sample sheet or drop those rows."
+    )
+
+PATCHED = sorted(sid for sid, s in SAMPLES.items() if s.needs_patching)
+
+
+def cli_options(section, skip=()):
+    """Config section -> `--key value` options of a span subcommand (None = not passed)."""
+    words = []
+    for key, value in section.items():
+        if key in skip or value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, shlex.quote(str(value))]
+    return " ".join(words)
+
+
+wildcard_constraints:
+    slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
