@@ -16,6 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from span.atomic import write_text_atomic
 from span.slides.tiff_writer import write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
 
 # Layout (tissue outline, holes, tumour islands) is drawn on a coarse grid with this spacing, so
@@ -31,7 +32,7 @@ PEN_COLOURS: dict[str, tuple[int, int, int]] = {
 }
 BACKGROUND_RGB = (243.0, 242.0, 246.0)
 NORMAL_NUCLEI_PER_UM2 = 1 / 300.0  # stroma: sparse small nuclei (radius ~2.6 um)
-TUMOUR_NUCLEI_PER_UM2 = 1 / 55.0  # tumour: crowded large nuclei (radius ~4.6 um)
+TUMOUR_NUCLEI_PER_UM2 = 1 / 65.0  # tumour: crowded large nuclei (radius ~4.4 um)
 
 
 def _absorbance(rgb: Sequence[float]) -> np.ndarray:
@@ -57,8 +58,15 @@ _TRANSMISSION_LUT = np.round(255.0 * np.exp(-np.arange(256, dtype=np.float64) / 
 # --------------------------------------------------------------------------------------------
 
 
-def _upsample(field: np.ndarray, scale_y: float, scale_x: float, shape: tuple[int, int], *,
-              cubic: bool = False, offset: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
+def _upsample(
+    field: np.ndarray,
+    scale_y: float,
+    scale_x: float,
+    shape: tuple[int, int],
+    *,
+    cubic: bool = False,
+    offset: tuple[float, float] = (0.0, 0.0),
+) -> np.ndarray:
     """Resample a coarse field to ``shape``; output pixel centre j maps to field (j+0.5)*s-0.5.
 
     ``scale_*`` is field pixels per output pixel; ``offset`` (in output pixels) shifts the window,
@@ -75,25 +83,33 @@ def _upsample(field: np.ndarray, scale_y: float, scale_x: float, shape: tuple[in
     )
     flags = (cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
     return cv2.warpAffine(
-        np.ascontiguousarray(field, dtype=np.float32), m, (w, h), flags=flags,
+        np.ascontiguousarray(field, dtype=np.float32),
+        m,
+        (w, h),
+        flags=flags,
         borderMode=cv2.BORDER_REPLICATE,
     )
 
 
-def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cell_y: float,
-                  cell_x: float | None = None) -> np.ndarray:
+def _smooth_noise(
+    rng: np.random.Generator,
+    shape: tuple[int, int],
+    cell_y: float,
+    cell_x: float | None = None,
+) -> np.ndarray:
     """Zero-mean, roughly unit-variance smooth noise with feature size ``cell`` output pixels."""
     cell_x = cell_y if cell_x is None else cell_x
     gh = max(2, round(shape[0] / cell_y) + 1)
     gw = max(2, round(shape[1] / cell_x) + 1)
     grid = rng.standard_normal((gh, gw), dtype=np.float32)
-    # Cubic interpolation of white noise has std ~0.75; rescale to ~1.
     out = cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
-    return cv2.multiply(out, 1.33)
+    # Cubic interpolation of white noise has std ~0.75; rescale to ~1.
+    return cv2.multiply(out, 1.33, dst=out)
 
 
-def _ellipse_rho(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ay: float, ax: float,
-                 angle: float) -> np.ndarray:
+def _ellipse_rho(
+    yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ay: float, ax: float, angle: float
+) -> np.ndarray:
     """Normalised elliptical radius (1 on the ellipse boundary) on a coordinate grid."""
     c, s = math.cos(angle), math.sin(angle)
     dy, dx = yy - cy, xx - cx
@@ -113,9 +129,18 @@ def _to_rgb(od: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _tissue_layout(rng: np.random.Generator, gh: int, gw: int, cell_um: float,
-                   tissue_fraction: float, holes: bool = True) -> np.ndarray:
-    """Signed tissue field on a (gh, gw) grid: > 0 inside tissue (holes already cut out)."""
+def _tissue_layout(
+    rng: np.random.Generator,
+    gh: int,
+    gw: int,
+    cell_um: float,
+    tissue_fraction: float,
+) -> np.ndarray:
+    """Signed tissue field on a (gh, gw) grid: > 0 inside tissue (holes already cut out).
+
+    Lobes and holes are sized for a ~2 mm field of view and grow with larger ones.
+    """
+    size_scale = max(1.0, min(gh, gw) * cell_um / 2000.0)
     yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
     n_frag = int(rng.integers(1, 4))
     base_r = math.sqrt(gh * gw * tissue_fraction / (math.pi * n_frag))
@@ -125,11 +150,12 @@ def _tissue_layout(rng: np.random.Generator, gh: int, gw: int, cell_um: float,
         cx = rng.uniform(0.3, 0.7) * gw
         r = base_r * rng.uniform(0.9, 1.3)
         aspect = rng.uniform(0.55, 1.0)
-        rho = _ellipse_rho(yy, xx, cy, cx, r * math.sqrt(aspect), r / math.sqrt(aspect),
-                           rng.uniform(0, math.pi))
+        rho = _ellipse_rho(
+            yy, xx, cy, cx, r * math.sqrt(aspect), r / math.sqrt(aspect), rng.uniform(0, math.pi)
+        )
         np.maximum(field, 1.0 - rho, out=field)
     # Irregular outline: large lobes plus a ragged edge.
-    big = max(2.0, 150.0 / cell_um)
+    big = max(2.0, 150.0 * size_scale / cell_um)
     field += 0.35 * _smooth_noise(rng, (gh, gw), big) + 0.08 * _smooth_noise(rng, (gh, gw), big / 5)
     # Keep tissue off the slide border.
     margin = 0.07 * min(gh, gw)
@@ -137,30 +163,36 @@ def _tissue_layout(rng: np.random.Generator, gh: int, gw: int, cell_um: float,
     field -= 3.0 * np.clip((margin - edge) / margin, 0.0, None)
     thr = float(np.quantile(field, 1.0 - min(0.95, tissue_fraction * 1.05)))
     field -= thr
-    if not holes:
-        return field
 
     # Holes (lumen, fat): ellipses well inside the tissue, cut out with a signed min().
     inside = (field > 0).astype(np.uint8)
     dist = cv2.distanceTransform(inside, cv2.DIST_L2, 5) * cell_um
     hole = np.full((gh, gw), -1.0, dtype=np.float32)
-    n_holes = int(rng.integers(4, 10))
-    cand = np.flatnonzero(dist > 60.0)
+    n_holes = int(rng.integers(4, 10) * round(size_scale))
+    cand = np.flatnonzero(dist > 60.0 * size_scale)
     if cand.size:
         for _ in range(n_holes):
             k = int(cand[rng.integers(cand.size)])
             cy, cx = divmod(k, gw)
-            r_um = min(rng.uniform(15.0, 70.0), 0.8 * float(dist.flat[k]))
+            r_um = min(rng.uniform(15.0, 70.0) * size_scale, 0.8 * float(dist.flat[k]))
             aspect = rng.uniform(0.5, 1.0)
             a = r_um / cell_um
-            rho = _ellipse_rho(yy, xx, cy, cx, a * math.sqrt(aspect), a / math.sqrt(aspect),
-                               rng.uniform(0, math.pi))
+            rho = _ellipse_rho(
+                yy,
+                xx,
+                cy,
+                cx,
+                a * math.sqrt(aspect),
+                a / math.sqrt(aspect),
+                rng.uniform(0, math.pi),
+            )
             np.maximum(hole, 1.0 - rho, out=hole)
     return np.minimum(field, -0.5 * hole)
 
 
-def _tumour_layout(rng: np.random.Generator, tissue: np.ndarray, cell_um: float,
-                   target_fraction: float) -> np.ndarray:
+def _tumour_layout(
+    rng: np.random.Generator, tissue: np.ndarray, cell_um: float, target_fraction: float
+) -> np.ndarray:
     """Signed tumour field: several islands clustered around one centre inside the tissue."""
     gh, gw = tissue.shape
     inside = tissue > 0
@@ -168,68 +200,230 @@ def _tumour_layout(rng: np.random.Generator, tissue: np.ndarray, cell_um: float,
     out = np.full((gh, gw), -1.0, dtype=np.float32)
     if tissue_area == 0:
         return out
-    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
     dist = cv2.distanceTransform(inside.astype(np.uint8), cv2.DIST_L2, 5)
     # Cluster centre: a deep-ish tissue point.
     deep = np.flatnonzero(dist >= 0.5 * dist.max())
     cy, cx = divmod(int(deep[rng.integers(deep.size)]), gw)
     target = target_fraction * tissue_area
     cluster_r = math.sqrt(1.6 * target / math.pi)
-    ragged = 0.3 * _smooth_noise(rng, (gh, gw), max(2.0, 30.0 / cell_um))
-    islands = np.full((gh, gw), -1.0, dtype=np.float32)
-    area = 0
-    for _ in range(60):
-        iy = cy + rng.normal(0.0, 0.45 * cluster_r)
-        ix = cx + rng.normal(0.0, 0.45 * cluster_r)
-        if not (0 <= iy < gh and 0 <= ix < gw) or not inside[int(iy), int(ix)]:
-            continue
-        r = cluster_r * rng.uniform(0.18, 0.4)
-        aspect = rng.uniform(0.5, 1.0)
-        rho = _ellipse_rho(yy, xx, iy, ix, r * math.sqrt(aspect), r / math.sqrt(aspect),
-                           rng.uniform(0, math.pi))
-        np.maximum(islands, 1.0 - rho, out=islands)
-        out = np.minimum(islands + ragged, tissue)
-        area = int((out > 0).sum())
-        if area >= target:
-            break
+    # Stroma septa between tumour nests: islands are capped, then smooth noise carves them.
+    septa = 0.6 * np.clip(_smooth_noise(rng, (gh, gw), max(2.0, 40.0 / cell_um)), -2.5, 2.5)
+    islands = np.full((gh, gw), -10.0, dtype=np.float32)
+    spread = 0.8 * cluster_r
+    for i in range(240):
+        # Island centres uniform in a disc around the cluster centre; the disc widens slowly
+        # while the target is not reached (tissue edges and holes eat into it).
+        rad = spread * math.sqrt(rng.random())
+        ang = rng.uniform(0.0, 2 * math.pi)
+        iy, ix = cy + rad * math.sin(ang), cx + rad * math.cos(ang)
+        if 0 <= iy < gh and 0 <= ix < gw and inside[int(iy), int(ix)]:
+            r = cluster_r * rng.uniform(0.15, 0.3)
+            aspect = rng.uniform(0.5, 1.0)
+            ay, ax = r * math.sqrt(aspect), r / math.sqrt(aspect)
+            # The septa noise is >= -1.5, so an island reaches at most rho = 2.5.
+            ext = 2.5 * max(ay, ax) + 1
+            y0, y1 = max(0, int(iy - ext)), min(gh, int(iy + ext) + 1)
+            x0, x1 = max(0, int(ix - ext)), min(gw, int(ix + ext) + 1)
+            yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32)
+            rho = _ellipse_rho(yy, xx, iy, ix, ay, ax, rng.uniform(0, math.pi))
+            np.maximum(islands[y0:y1, x0:x1], 1.0 - rho, out=islands[y0:y1, x0:x1])
+        if i % 4 == 3:
+            out = np.minimum(np.minimum(islands, 0.4) + septa, tissue)
+            if int((out > 0).sum()) >= target:
+                break
+            spread *= 1.04
     return out
 
 
 # --------------------------------------------------------------------------------------------
-# Full-resolution rendering
+# Full-resolution rendering, in horizontal strips (bounded, reused memory)
 # --------------------------------------------------------------------------------------------
 
+# Pixels per strip: strips' buffers (~8 MB each) are recycled by malloc instead of being freshly
+# mapped and page-faulted, which dominated the run time of whole-image temporaries.
+_STRIP_PIXELS = 1 << 21
+_NUCLEUS_SIGMA_UM = 2.0
 
-def _nuclei(rng: np.random.Generator, shape: tuple[int, int], mpp: float,
-            tissue_mask: np.ndarray, tumour_mask: np.ndarray) -> np.ndarray:
-    """Soft nucleus field in [0, 1]: Poisson points blurred and thresholded into round nuclei.
 
-    Sparse small nuclei in normal tissue, crowded large ones in tumour. A point of weight
-    k = exp(r^2 / 2 sigma^2) blurred by a normalised Gaussian crosses 1 at distance r.
+def _layout_masks(
+    tissue_grid: np.ndarray,
+    tumour_grid: np.ndarray | None,
+    mpp: float,
+    y0: int,
+    y1: int,
+    width: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Tissue and tumour masks of rows [y0, y1) at ``mpp``: the layout fields, upsampled, > 0."""
+    s, shape = mpp / LAYOUT_UM, (y1 - y0, width)
+    tissue = _upsample(tissue_grid, s, s, shape, offset=(y0, 0.0)) > 0
+    if tumour_grid is None:
+        return tissue, np.zeros(shape, dtype=bool)
+    tumour = _upsample(tumour_grid, s, s, shape, offset=(y0, 0.0)) > 0
+    return tissue, tumour & tissue
+
+
+class _NoiseField:
+    """Smooth noise defined by a seeded coarse grid, resampled exactly for any strip of rows."""
+
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        shape: tuple[int, int],
+        cell_y: float,
+        cell_x: float | None = None,
+    ) -> None:
+        cell_x = cell_y if cell_x is None else cell_x
+        self.sy, self.sx = 1.0 / cell_y, 1.0 / cell_x
+        gh = math.ceil(shape[0] * self.sy) + 2
+        gw = math.ceil(shape[1] * self.sx) + 2
+        # Cubic interpolation of white noise has std ~0.75; rescale to ~1.
+        self.grid = rng.standard_normal((gh, gw), dtype=np.float32) * np.float32(1.33)
+        self.width = shape[1]
+
+    def rows(self, y0: int, y1: int) -> np.ndarray:
+        return _upsample(
+            self.grid, self.sy, self.sx, (y1 - y0, self.width), cubic=True, offset=(y0, 0.0)
+        )
+
+
+class _StainRenderer:
+    """H&E colours at ``mpp`` for any strip of rows of one field of view.
+
+    Beer-Lambert mix of eosin (fibrous stroma), haematoxylin (nuclei, darker and bluer in
+    tumour) and glass, through a lookup table. All random draws happen in ``__init__`` (noise
+    grids, nucleus positions), so strips can be rendered independently and still agree.
     """
-    h, w = shape
-    n = int(rng.poisson(TUMOUR_NUCLEI_PER_UM2 * h * w * mpp * mpp))
-    ys = rng.integers(0, h, n)
-    xs = rng.integers(0, w, n)
-    u = rng.random(n, dtype=np.float32)
-    in_tumour = tumour_mask[ys, xs]
-    density = np.where(in_tumour, TUMOUR_NUCLEI_PER_UM2,
-                       np.where(tissue_mask[ys, xs], NORMAL_NUCLEI_PER_UM2, 0.0))
-    keep = u * TUMOUR_NUCLEI_PER_UM2 < density
-    ys, xs, in_tumour = ys[keep], xs[keep], in_tumour[keep]
-    r = np.where(in_tumour, 4.6, 2.6) * rng.uniform(0.8, 1.2, ys.size)
-    sigma_um = 2.0
-    sigma = sigma_um / mpp
-    weights = np.exp(r * r / (2 * sigma_um * sigma_um)) * (2 * math.pi * sigma * sigma)
-    points = np.zeros(shape, dtype=np.float32)
-    points[ys, xs] = weights
-    k = 2 * int(math.ceil(4.2 * sigma)) + 1
-    field = cv2.GaussianBlur(points, (k, k), sigma)
-    return cv2.min(cv2.max(cv2.addWeighted(field, 1.6, field, 0.0, -0.96), 0.0), 1.0)
+
+    def __init__(
+        self,
+        r_tex: np.random.Generator,
+        r_nuc: np.random.Generator,
+        tissue_grid: np.ndarray,
+        tumour_grid: np.ndarray | None,
+        shape: tuple[int, int],
+        mpp: float,
+    ) -> None:
+        self.tissue_grid, self.tumour_grid = tissue_grid, tumour_grid
+        self.shape, self.mpp = shape, mpp
+        self.layout_scale = mpp / LAYOUT_UM
+        self.drift = _NoiseField(r_tex, shape, 200.0 / mpp)  # stain intensity drift
+        self.blend = _NoiseField(r_tex, shape, 120.0 / mpp)
+        # Wavy collagen fibres: two anisotropic noises blended by a slowly varying weight.
+        self.fibre_a = _NoiseField(r_tex, shape, 14.0 / mpp, 2.5 / mpp)
+        self.fibre_b = _NoiseField(r_tex, shape, 2.5 / mpp, 14.0 / mpp)
+        self.grain = _NoiseField(r_tex, shape, 1.5 / mpp)
+        self.sensor_seed = int(r_tex.integers(2**63 - 1))
+        self._nuclei_points(r_nuc)
+
+    def _nuclei_points(self, rng: np.random.Generator) -> None:
+        """Poisson nuclei: sparse small ones in normal tissue, crowded large ones in tumour.
+
+        A point of weight k = exp(r^2 / 2 sigma^2) blurred by a normalised Gaussian crosses 1 at
+        distance r, so one blur draws round nuclei of per-point radius r.
+        """
+        h, w = self.shape
+        n = int(rng.poisson(TUMOUR_NUCLEI_PER_UM2 * h * w * self.mpp**2))
+        ys = np.sort(rng.integers(0, h, n))
+        xs = rng.integers(0, w, n)
+        u = rng.random(n)
+        jitter = rng.uniform(0.8, 1.2, n)
+        # Look up the masks at the candidate points on the coarse layout (nearest cell).
+        gy = np.minimum(
+            ((ys + 0.5) * self.layout_scale).astype(np.int64), self.tissue_grid.shape[0] - 1
+        )
+        gx = np.minimum(
+            ((xs + 0.5) * self.layout_scale).astype(np.int64), self.tissue_grid.shape[1] - 1
+        )
+        in_tissue = self.tissue_grid[gy, gx] > 0
+        in_tumour = in_tissue & (
+            self.tumour_grid[gy, gx] > 0 if self.tumour_grid is not None else False
+        )
+        density = np.where(
+            in_tumour, TUMOUR_NUCLEI_PER_UM2, np.where(in_tissue, NORMAL_NUCLEI_PER_UM2, 0.0)
+        )
+        keep = u * TUMOUR_NUCLEI_PER_UM2 < density
+        r = np.where(in_tumour, 4.4, 2.6)[keep] * jitter[keep]
+        sigma = _NUCLEUS_SIGMA_UM / self.mpp
+        self.nuc_y, self.nuc_x = ys[keep], xs[keep]
+        self.nuc_w = (np.exp(r * r / (2 * _NUCLEUS_SIGMA_UM**2)) * (2 * math.pi * sigma**2)).astype(
+            np.float32
+        )
+        self.nuc_k = 2 * math.ceil(4.2 * sigma) + 1
+        self.nuc_sigma = sigma
+
+    def nuclei(self, y0: int, y1: int) -> np.ndarray:
+        halo = self.nuc_k // 2
+        a, b = max(0, y0 - halo), min(self.shape[0], y1 + halo)
+        i, j = np.searchsorted(self.nuc_y, [a, b])
+        points = np.zeros((b - a, self.shape[1]), dtype=np.float32)
+        points[self.nuc_y[i:j] - a, self.nuc_x[i:j]] = self.nuc_w[i:j]
+        field = cv2.GaussianBlur(points, (self.nuc_k, self.nuc_k), self.nuc_sigma)[y0 - a : y1 - a]
+        cv2.addWeighted(field, 1.6, field, 0.0, -0.96, dst=field)
+        return cv2.min(cv2.max(field, 0.0, dst=field), 1.0, dst=field)
+
+    def render(self, y0: int, y1: int) -> np.ndarray:
+        """RGB uint8 rows [y0, y1) at ``self.mpp``."""
+        tissue_mask, tumour_mask = _layout_masks(
+            self.tissue_grid, self.tumour_grid, self.mpp, y0, y1, self.shape[1]
+        )
+        tis = tissue_mask.astype(np.float32)
+        tum = tumour_mask.astype(np.float32)
+        drift = self.drift.rows(y0, y1)
+        cv2.addWeighted(drift, 0.12, drift, 0.0, 1.0, dst=drift)
+        blend = self.blend.rows(y0, y1)
+        cv2.addWeighted(blend, 0.6, blend, 0.0, 0.5, dst=blend)
+        cv2.min(cv2.max(blend, 0.0, dst=blend), 1.0, dst=blend)
+        fibre = self.fibre_a.rows(y0, y1)
+        other = self.fibre_b.rows(y0, y1)
+        cv2.subtract(fibre, other, dst=fibre)
+        cv2.multiply(fibre, blend, dst=fibre)
+        cv2.add(fibre, other, dst=fibre)
+        grain = self.grain.rows(y0, y1)
+
+        c_eosin = cv2.addWeighted(fibre, 0.3, grain, 0.08, 0.9, dst=fibre)
+        cv2.max(c_eosin, 0.25, dst=c_eosin)
+        cv2.multiply(c_eosin, drift, dst=c_eosin)
+        # Tumour: less collagen, more (basophilic) cytoplasm.
+        cv2.multiply(c_eosin, cv2.addWeighted(tum, -0.45, tis, 1.0, 0.0, dst=blend), dst=c_eosin)
+        c_haem = cv2.addWeighted(tum, 0.22, tis, 0.06, 0.0, dst=other)
+        cv2.multiply(c_haem, drift, dst=c_haem)
+
+        nuc = self.nuclei(y0, y1)
+        chromatin = cv2.addWeighted(grain, 0.2, grain, 0.0, 0.85, dst=grain)
+        cv2.min(cv2.max(chromatin, 0.5, dst=chromatin), 1.1, dst=chromatin)
+        cv2.multiply(nuc, chromatin, dst=nuc)
+        cv2.multiply(nuc, tis, dst=nuc)
+        c_tumour = cv2.multiply(nuc, tum, dst=tum)
+        cv2.subtract(nuc, c_tumour, dst=nuc)  # normal nuclei
+        cv2.scaleAdd(nuc, 0.95, c_haem, dst=c_haem)
+        cv2.multiply(c_tumour, 1.15, dst=c_tumour)
+
+        # Glass: slow illumination drift plus per-pixel sensor noise, as a grey optical density.
+        sensor = np.random.default_rng([self.sensor_seed, y0])
+        glass = sensor.random(nuc.shape, dtype=np.float32, out=nuc)
+        cv2.addWeighted(drift, 0.05, glass, 0.016, -0.058, dst=glass)
+
+        od = drift
+        bg_od = np.log(255.0 / np.asarray(BACKGROUND_RGB))
+        channels = []
+        for ch in range(3):
+            cv2.addWeighted(
+                c_eosin, float(EOSIN[ch]), c_haem, float(HAEMATOXYLIN[ch]), float(bg_od[ch]), dst=od
+            )
+            cv2.scaleAdd(c_tumour, float(TUMOUR_HAEMATOXYLIN[ch]), od, dst=od)
+            cv2.add(od, glass, dst=od)
+            channels.append(cv2.LUT(cv2.convertScaleAbs(od, alpha=_OD_STEPS), _TRANSMISSION_LUT))
+        return cv2.merge(channels)
 
 
-def _draw_pen(rng: np.random.Generator, image: np.ndarray, tissue_grid: np.ndarray,
-              cell_um: float, mpp: float, colour: tuple[int, int, int]) -> np.ndarray:
+def _draw_pen(
+    rng: np.random.Generator,
+    image: np.ndarray,
+    tissue_grid: np.ndarray,
+    cell_um: float,
+    mpp: float,
+    colour: tuple[int, int, int],
+) -> np.ndarray:
     """Draw one or two thick ink strokes hugging the tissue edge; return the ink mask."""
     h, w = image.shape[:2]
     mask = np.zeros((h, w), dtype=np.uint8)
@@ -237,111 +431,78 @@ def _draw_pen(rng: np.random.Generator, image: np.ndarray, tissue_grid: np.ndarr
     edge = cv2.morphologyEx(inside, cv2.MORPH_GRADIENT, np.ones((3, 3), np.uint8))
     edge_pts = np.flatnonzero(edge)
     ty, tx = np.nonzero(inside)
-    if edge_pts.size == 0 or ty.size == 0:
+    if edge_pts.size == 0:
         return mask.astype(bool)
     centre = np.array([tx.mean(), ty.mean()]) * cell_um  # (x, y) in um
     side_um = min(h, w) * mpp
-    for _ in range(int(rng.integers(1, 3))):
+    for _ in range(1 + int(rng.random() < 0.35)):
         gy, gx = divmod(int(edge_pts[rng.integers(edge_pts.size)]), tissue_grid.shape[1])
         p = (np.array([gx, gy]) + 0.5) * cell_um
         normal = p - centre
         normal /= max(float(np.linalg.norm(normal)), 1e-6)
         ang = rng.uniform(-0.35, 0.35)
-        normal = np.array([normal[0] * math.cos(ang) - normal[1] * math.sin(ang),
-                           normal[0] * math.sin(ang) + normal[1] * math.cos(ang)])
+        normal = np.array(
+            [
+                normal[0] * math.cos(ang) - normal[1] * math.sin(ang),
+                normal[0] * math.sin(ang) + normal[1] * math.cos(ang),
+            ]
+        )
         tangent = np.array([-normal[1], normal[0]])
-        length = rng.uniform(0.45, 0.8) * side_um
+        # A curved stroke roughly along the tissue edge: its middle touches the tissue, its
+        # ends swing out over the glass.
+        length = rng.uniform(0.4, 0.7) * side_um
         thick = rng.uniform(150.0, 300.0)
         o1, o2 = rng.uniform(0.05, 0.25, 2) * length
         mid = rng.uniform(-0.2, 0.6) * thick
-        ctrl_off = 2.0 * (mid - (o1 + o2) / 4.0)
         start = p - 0.5 * length * tangent + o1 * normal
         end = p + 0.5 * length * tangent + o2 * normal
-        ctrl = p + ctrl_off * normal
+        ctrl = p + 2.0 * (mid - (o1 + o2) / 4.0) * normal
         t = np.linspace(0.0, 1.0, 48)[:, None]
         curve = (1 - t) ** 2 * start + 2 * (1 - t) * t * ctrl + t**2 * end
         pts = np.round(curve / mpp).astype(np.int32).reshape(-1, 1, 2)
-        cv2.polylines(mask, [pts], False, 1, thickness=max(1, round(thick / mpp)),
-                      lineType=cv2.LINE_8)
-    pen = mask.astype(bool)
-    ys, xs = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
-    if ys.size == 0:
-        return pen
-    # Multiplicative ink (a dye over the section) with patchy opacity, inside the strokes' bbox.
-    y0, y1, x0, x1 = ys[0], ys[-1] + 1, xs[0], xs[-1] + 1
-    box = (y1 - y0, x1 - x0)
-    alpha = _smooth_noise(rng, box, 80.0 / mpp)
-    alpha = cv2.max(cv2.min(cv2.addWeighted(alpha, 0.1, alpha, 0.0, 0.85), 1.0), 0.6)
-    ink_od = _absorbance(colour)
-    factor = np.exp(-alpha[..., None] * ink_od)  # per-pixel transmission of the ink
+        cv2.polylines(
+            mask, [pts], False, 1, thickness=max(1, round(thick / mpp)), lineType=cv2.LINE_8
+        )
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if rows.size == 0:
+        return mask.astype(bool)
+    # Multiplicative ink (a dye over the section) with patchy opacity alpha in [0.6, 1]:
+    # transmission T**alpha, interpolated linearly between T**0.6 and T per channel.
+    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    alpha = _smooth_noise(rng, (y1 - y0, x1 - x0), 80.0 / mpp)
+    cv2.addWeighted(alpha, 0.25, alpha, 0.0, 0.625, dst=alpha)  # (alpha - 0.6) / 0.4
+    cv2.min(cv2.max(alpha, 0.0, dst=alpha), 1.0, dst=alpha)
+    trans = np.asarray(colour, dtype=np.float64) / 255.0
+    lo = trans**0.6
+    factor = cv2.transform(alpha[..., None], np.stack([trans - lo, lo], axis=1))
     region = image[y0:y1, x0:x1]
     inked = cv2.multiply(region, factor, dtype=cv2.CV_8U)
-    np.copyto(region, inked, where=pen[y0:y1, x0:x1, None])
-    return pen
+    np.copyto(region, inked, where=mask[y0:y1, x0:x1, None].astype(bool))
+    return mask.astype(bool)
 
 
-def _draw_dust(rng: np.random.Generator, image: np.ndarray, tissue_grid: np.ndarray,
-               cell_um: float, mpp: float) -> None:
+def _draw_dust(
+    rng: np.random.Generator, image: np.ndarray, tissue_grid: np.ndarray, cell_um: float, mpp: float
+) -> None:
     """A few small (< 40 um) grey/dark specks on the background."""
-    gh, gw = tissue_grid.shape
     free = cv2.erode((tissue_grid <= 0).astype(np.uint8), np.ones((9, 9), np.uint8))
     cand = np.flatnonzero(free)
     if cand.size == 0:
         return
     for _ in range(int(rng.integers(3, 11))):
-        gy, gx = divmod(int(cand[rng.integers(cand.size)]), gw)
+        gy, gx = divmod(int(cand[rng.integers(cand.size)]), tissue_grid.shape[1])
         cy, cx = (gy + 0.5) * cell_um, (gx + 0.5) * cell_um
         grey = float(rng.uniform(50.0, 150.0))
-        tint = rng.uniform(-12.0, 12.0, 3)
-        colour = tuple(float(np.clip(grey + t, 0, 255)) for t in tint)
+        colour = tuple(float(np.clip(grey + t, 0, 255)) for t in rng.uniform(-12.0, 12.0, 3))
         size_um = rng.uniform(5.0, 36.0)
         for _ in range(int(rng.integers(1, 4))):  # a speck is 1-3 overlapping blobs
-            jy, jx = rng.normal(0.0, 0.2 * size_um, 2)
-            ax = max(1, round(rng.uniform(0.25, 0.5) * size_um / mpp))
+            jy, jx = rng.normal(0.0, 0.15 * size_um, 2)
+            ax = max(1, round(rng.uniform(0.2, 0.4) * size_um / mpp))
             ay = max(1, round(ax * rng.uniform(0.3, 1.0)))
             centre = (round((cx + jx) / mpp), round((cy + jy) / mpp))
-            cv2.ellipse(image, centre, (ax, ay), float(rng.uniform(0, 180)), 0, 360, colour, -1,
-                        cv2.LINE_AA)
-
-
-def _render_stains(r_tex: np.random.Generator, r_nuc: np.random.Generator,
-                   tissue_mask: np.ndarray, tumour_mask: np.ndarray, mpp: float) -> np.ndarray:
-    """H&E colours for given tissue/tumour masks at ``mpp``: Beer-Lambert mix of eosin (fibrous
-    stroma), haematoxylin (nuclei) and glass, through a lookup table. cv2 arithmetic throughout
-    (SIMD, multithreaded), since this runs on every pixel of the slide."""
-    h, w = tissue_mask.shape
-    tum = tumour_mask.astype(np.float32)
-    tis = tissue_mask.astype(np.float32)
-    stain_var = cv2.addWeighted(_smooth_noise(r_tex, (h, w), 200.0 / mpp), 0.12, tis, 0.0, 1.0)
-    blend = _smooth_noise(r_tex, (h, w), 120.0 / mpp)
-    blend = cv2.max(cv2.min(cv2.addWeighted(blend, 0.6, blend, 0.0, 0.5), 1.0), 0.0)
-    # Wavy collagen fibres: two anisotropic noises blended by a slowly varying weight.
-    f1 = _smooth_noise(r_tex, (h, w), 14.0 / mpp, 2.5 / mpp)
-    f2 = _smooth_noise(r_tex, (h, w), 2.5 / mpp, 14.0 / mpp)
-    fibre = cv2.add(f2, cv2.multiply(cv2.subtract(f1, f2), blend))
-    grain = _smooth_noise(r_tex, (h, w), 1.5 / mpp)
-    c_eosin = cv2.max(cv2.addWeighted(fibre, 0.3, grain, 0.08, 0.9), 0.25)
-    c_eosin = cv2.multiply(c_eosin, stain_var)
-    # Tumour: less collagen, more (basophilic) cytoplasm.
-    c_eosin = cv2.multiply(c_eosin, cv2.addWeighted(tum, -0.45, tis, 1.0, 0.0))
-    c_haem = cv2.multiply(stain_var, cv2.addWeighted(tum, 0.22, tis, 0.06, 0.0))
-
-    nuc = _nuclei(r_nuc, (h, w), mpp, tissue_mask, tumour_mask)
-    chromatin = cv2.max(cv2.min(cv2.addWeighted(grain, 0.2, grain, 0.0, 0.85), 1.1), 0.5)
-    nuc = cv2.multiply(nuc, chromatin)
-    nuc_tumour = cv2.multiply(nuc, tum)
-    c_haem = cv2.scaleAdd(cv2.subtract(nuc, nuc_tumour), 0.95, c_haem)
-    c_tumour = cv2.multiply(nuc_tumour, 1.15)
-
-    # Glass: slow illumination drift plus per-pixel sensor noise, as a grey optical density.
-    glass = cv2.addWeighted(stain_var, 0.05, r_tex.random((h, w), dtype=np.float32), 0.016, -0.058)
-
-    m = np.zeros((3, 5), dtype=np.float64)
-    m[:, 0], m[:, 1], m[:, 2] = EOSIN, HAEMATOXYLIN, TUMOUR_HAEMATOXYLIN
-    m[:, 3] = 1.0
-    m[:, 4] = np.log(255.0 / np.asarray(BACKGROUND_RGB))
-    od = cv2.transform(cv2.merge([c_eosin, c_haem, c_tumour, glass]), m)
-    return cv2.LUT(cv2.convertScaleAbs(od, alpha=_OD_STEPS), _TRANSMISSION_LUT)
+            cv2.ellipse(
+                image, centre, (ax, ay), float(rng.uniform(0, 180)), 0, 360, colour, -1, cv2.LINE_AA
+            )
 
 
 def render_tissue(
@@ -361,9 +522,9 @@ def render_tissue(
 
     The layout (tissue outline, holes, tumour islands, pen and dust positions) depends only on
     the seed and the physical size, so the same seed at 0.25 and 0.5 um/px shows the same tissue.
-    Stain texture is rendered at ``max(mpp, texture_mpp)`` and upsampled (a 40x slide costs about
-    a 20x one); masks, pen and dust are drawn at ``mpp``. ``tumour_fraction`` (of the tissue
-    area) defaults to a seeded draw in 0.12-0.25.
+    Stain texture is rendered at ``max(mpp, texture_mpp)`` and upsampled (a 40x slide costs
+    about a 20x one); masks, pen and dust are drawn at ``mpp``. ``tumour_fraction`` (of the
+    tissue area) defaults to a seeded draw in 0.12-0.25; ``tissue_fraction`` is of the slide.
     """
     if pen is not None and pen not in PEN_COLOURS:
         raise ValueError(f"pen must be None or one of {sorted(PEN_COLOURS)}, got {pen!r}")
@@ -374,26 +535,33 @@ def render_tissue(
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6)
     )
 
-    # Layout on the coarse grid, then signed fields upsampled and thresholded.
+    # Layout on the coarse grid; strips upsample its signed fields and threshold them at 0.
     gh, gw = math.ceil(height_um / LAYOUT_UM), math.ceil(width_um / LAYOUT_UM)
     tissue_grid = _tissue_layout(r_layout, gh, gw, LAYOUT_UM, tissue_fraction)
     frac = r_tumour.uniform(0.12, 0.25) if tumour_fraction is None else tumour_fraction
     tumour_grid = _tumour_layout(r_tumour, tissue_grid, LAYOUT_UM, frac) if tumour else None
 
-    def masks(at_mpp: float, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        s = at_mpp / LAYOUT_UM
-        tissue = _upsample(tissue_grid, s, s, shape) > 0
-        if tumour_grid is None:
-            return tissue, np.zeros(shape, dtype=bool)
-        return tissue, (_upsample(tumour_grid, s, s, shape) > 0) & tissue
+    tex_mpp = max(mpp, texture_mpp)
+    tex_shape = (round(height_um / tex_mpp), round(width_um / tex_mpp))
+    stains = _StainRenderer(r_tex, r_nuc, tissue_grid, tumour_grid, tex_shape, tex_mpp)
 
-    tissue_mask, tumour_mask = masks(mpp, (h, w))
-    if texture_mpp > mpp:
-        th, tw = round(height_um / texture_mpp), round(width_um / texture_mpp)
-        image = _render_stains(r_tex, r_nuc, *masks(texture_mpp, (th, tw)), texture_mpp)
-        image = cv2.resize(image, (w, h), interpolation=cv2.INTER_LINEAR)
-    else:
-        image = _render_stains(r_tex, r_nuc, tissue_mask, tumour_mask, mpp)
+    image = np.empty((h, w, 3), dtype=np.uint8)
+    tissue_mask = np.empty((h, w), dtype=bool)
+    tumour_mask = np.empty((h, w), dtype=bool)
+    f = mpp / tex_mpp  # texture pixels per output pixel (1, or 0.5 at 40x)
+    step = max(16, _STRIP_PIXELS // w)
+    for y0 in range(0, h, step):
+        y1 = min(h, y0 + step)
+        tissue_mask[y0:y1], tumour_mask[y0:y1] = _layout_masks(
+            tissue_grid, tumour_grid, mpp, y0, y1, w
+        )
+        if f == 1.0:
+            image[y0:y1] = stains.render(y0, y1)
+        else:
+            ty0 = max(0, math.floor((y0 + 0.5) * f - 0.5) - 1)
+            ty1 = min(tex_shape[0], math.ceil((y1 - 0.5) * f - 0.5) + 2)
+            tex = stains.render(ty0, ty1)
+            image[y0:y1] = _upsample(tex, f, f, (y1 - y0, w), offset=(y0 - ty0 / f, 0.0))
 
     if dust:
         _draw_dust(r_dust, image, tissue_grid, LAYOUT_UM, mpp)
@@ -425,7 +593,7 @@ def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
     mpp = 0.25 if rng.random() < 0.125 else 0.5
     pen = None if rng.random() < 2 / 3 else ("blue", "green", "black")[int(rng.integers(3))]
     dust = bool(rng.random() < 0.75)
-    cells = rng.uniform(90.0, 170.0)  # target tissue area in 112 um cells
+    cells = rng.uniform(85.0, 150.0)  # target tissue area in 112 um cells
     tissue_fraction = rng.uniform(0.38, 0.5)
     aspect = rng.uniform(0.8, 1.25)  # width / height
     slide_area = cells * PATCH_UM**2 / tissue_fraction
@@ -447,8 +615,13 @@ def make_demo_slide(path: str | os.PathLike, slide_id: str, tumour: bool, seed: 
     """Render and write one demo slide (3-level pyramidal TIFF); return the options and stats."""
     opts = demo_slide_options(slide_id, seed)
     image, tissue, tumour_mask, pen_mask = render_tissue(
-        opts["height_um"], opts["width_um"], opts["mpp"], tumour=tumour,
-        seed=opts["render_seed"], pen=opts["pen"], dust=opts["dust"],
+        opts["height_um"],
+        opts["width_um"],
+        opts["mpp"],
+        tumour=tumour,
+        seed=opts["render_seed"],
+        pen=opts["pen"],
+        dust=opts["dust"],
         tissue_fraction=opts["tissue_fraction_target"],
     )
     out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
@@ -468,19 +641,24 @@ def make_demo_slide(path: str | os.PathLike, slide_id: str, tumour: bool, seed: 
     }
 
 
-def write_demo_cohort(out_dir: str | os.PathLike, n_slides: int = 16, seed: int = 42) -> Path:
-    """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` plus ``<out_dir>/samples.tsv``."""
-    out = Path(out_dir)
+def demo_sheet(slides_dir: str | os.PathLike, n_slides: int = 16) -> str:
+    """The demo cohort's sample sheet (TSV text) with slides at ``<slides_dir>/<id>.tiff``.
+
+    ``config/demo_samples.tsv`` is this sheet for ``resources/demo/slides``.
+    """
     rows = ["slide_id\tpath\tlabel\tpatient"]
     for i, sid in enumerate(demo_slide_ids(n_slides)):
-        slide_path = out / "slides" / f"{sid}.tiff"
-        label = demo_label(i)
-        make_demo_slide(slide_path, sid, tumour=label == "tumor", seed=seed)
-        rows.append(f"{sid}\t{slide_path}\t{label}\tP{i}")
-    sheet = out / "samples.tsv"
-    tmp = sheet.with_name(f".{sheet.name}.tmp")
-    tmp.write_text("\n".join(rows) + "\n")
-    os.replace(tmp, sheet)
+        rows.append(f"{sid}\t{Path(slides_dir) / f'{sid}.tiff'}\t{demo_label(i)}\tP{i:02d}")
+    return "\n".join(rows) + "\n"
+
+
+def write_demo_cohort(out_dir: str | os.PathLike, n_slides: int = 16, seed: int = 42) -> Path:
+    """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` plus ``<out_dir>/samples.tsv``."""
+    slides_dir = Path(out_dir) / "slides"
+    for i, sid in enumerate(demo_slide_ids(n_slides)):
+        make_demo_slide(slides_dir / f"{sid}.tiff", sid, tumour=demo_label(i) == "tumor", seed=seed)
+    sheet = Path(out_dir) / "samples.tsv"
+    write_text_atomic(sheet, demo_sheet(slides_dir, n_slides))
     return sheet
 
 
@@ -489,8 +667,9 @@ def write_demo_cohort(out_dir: str | os.PathLike, n_slides: int = 16, seed: int 
 # --------------------------------------------------------------------------------------------
 
 
-def _periodic_noise(rng: np.random.Generator, size: int, cell: float,
-                    cell_x: float | None = None) -> np.ndarray:
+def _periodic_noise(
+    rng: np.random.Generator, size: int, cell: float, cell_x: float | None = None
+) -> np.ndarray:
     """Unit-variance smooth noise on a torus (seamless when tiled), via an FFT Gaussian filter."""
     cell_x = cell if cell_x is None else cell_x
     white = rng.standard_normal((size, size))
@@ -515,8 +694,8 @@ def _periodic_tissue_texture(rng: np.random.Generator, size: int, mpp: float) ->
     ys, xs = rng.integers(0, size, n), rng.integers(0, size, n)
     r = rng.uniform(2.1, 3.1, n)
     points = np.zeros((size, size))
-    points[ys, xs] = np.exp(r * r / (2 * sigma_um**2))
     s = sigma_um / mpp
+    points[ys, xs] = np.exp(r * r / (2 * sigma_um**2)) * (2 * math.pi * s * s)
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
     gauss = np.exp(-2 * (math.pi**2) * (s**2) * (fy**2 + fx**2))
@@ -541,7 +720,7 @@ def write_large_synthetic_slide(
     fraction.
     """
     layout_ds = 64
-    period = 1024
+    period = 2048
     rng_layout, rng_tex = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
     g = max(8, math.ceil(side_px / layout_ds))
     layout = _tissue_layout(rng_layout, g, g, layout_ds * mpp, tissue_fraction)

@@ -9,15 +9,16 @@ slide behind.
 
 from __future__ import annotations
 
-import contextlib
+import itertools
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 import tifffile
+
+from span.atomic import atomic_output
 
 # Level-0 size (uncompressed bytes) above which we switch to BigTIFF; classic TIFF offsets are
 # 32-bit, and JPEG tiles of noisy content can approach the raw size in the worst case.
@@ -33,7 +34,7 @@ def _check_pyramid(downsamples: Sequence[int], tile: int, quality: int) -> list[
     ds = [int(d) for d in downsamples]
     if not ds or ds[0] != 1:
         raise ValueError(f"downsamples must start with 1, got {list(downsamples)}")
-    if any(b <= a for a, b in zip(ds, ds[1:])):
+    if any(b <= a for a, b in itertools.pairwise(ds)):
         raise ValueError(f"downsamples must be strictly increasing, got {ds}")
     if tile <= 0 or tile % 16:
         raise ValueError(f"tile size must be a positive multiple of 16, got {tile}")
@@ -60,23 +61,6 @@ def _level_kwargs(index: int, mpp: float, downsample: int, tile: int, quality: i
     }
 
 
-@contextlib.contextmanager
-def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; move it into place only if the block succeeds."""
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, final)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-
-
 def write_pyramidal_tiff(
     path: str | os.PathLike,
     image: np.ndarray,
@@ -97,7 +81,7 @@ def write_pyramidal_tiff(
         raise ValueError(f"mpp must be positive, got {mpp}")
     height, width = image.shape[:2]
     bigtiff = image.nbytes > BIGTIFF_THRESHOLD_BYTES
-    with _atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
+    with atomic_output(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=bigtiff) as tif:
         for i, d in enumerate(ds):
             if d == 1:
                 level = image
@@ -156,7 +140,7 @@ def write_pyramidal_tiff_from_tiles(
         raise ValueError(f"slide size must be positive, got {height} x {width}")
     if mpp <= 0:
         raise ValueError(f"mpp must be positive, got {mpp}")
-    with _atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
+    with atomic_output(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tif:
         for i, d in enumerate(ds):
             h, w = _level_shape(height, width, d)
             tif.write(

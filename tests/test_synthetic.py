@@ -1,0 +1,207 @@
+"""Synthetic slides: OpenSlide reads them with the right mpp/levels, they are deterministic, and
+the tumour, pen and tile-writer ground truth holds."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import openslide
+import pytest
+
+from span.slides import synthetic as S
+from span.slides.tiff_writer import write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
+
+SEED = 42
+
+
+def _first_id(mpp: float) -> str:
+    """A demo slide id whose seeded options give this magnification."""
+    for sid in S.demo_slide_ids(64):
+        if S.demo_slide_options(sid, SEED)["mpp"] == mpp:
+            return sid
+    raise AssertionError(f"no demo slide at {mpp} um/px among 64 ids")
+
+
+@pytest.fixture(scope="module")
+def demo_20x(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    sid = _first_id(0.5)
+    return S.make_demo_slide(tmp_path_factory.mktemp("d20") / f"{sid}.tiff", sid, True, SEED)
+
+
+@pytest.fixture(scope="module")
+def small_tumour() -> tuple[np.ndarray, ...]:
+    return S.render_tissue(1000, 1100, 0.5, tumour=True, seed=7, pen=None, dust=True)
+
+
+def _check_opens(info: dict, mpp: float) -> None:
+    with openslide.OpenSlide(info["path"]) as slide:
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(mpp)
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_Y]) == pytest.approx(mpp)
+        assert slide.level_count >= 3
+        assert slide.dimensions == (info["width_px"], info["height_px"])
+        assert slide.level_downsamples[1] == pytest.approx(4, rel=0.01)
+        assert slide.level_downsamples[2] == pytest.approx(16, rel=0.02)
+        region = np.asarray(slide.read_region((0, 0), 2, (64, 64)).convert("RGB"))
+        assert region.std() > 0 or region.mean() > 200  # decodes to real pixels
+
+
+def test_demo_slide_opens_at_20x(demo_20x: dict) -> None:
+    assert demo_20x["mpp"] == 0.5 and demo_20x["magnification"] == 20
+    _check_opens(demo_20x, 0.5)
+    assert min(demo_20x["height_px"], demo_20x["width_px"]) >= 2500
+    assert max(demo_20x["height_px"], demo_20x["width_px"]) <= 5000
+    assert 50 <= demo_20x["patch_cells_estimate"] <= 220
+    assert 0.08 <= demo_20x["tumour_fraction_of_tissue"] <= 0.35
+
+
+def test_demo_slide_opens_at_40x(tmp_path: Path) -> None:
+    sid = _first_id(0.25)
+    info = S.make_demo_slide(tmp_path / f"{sid}.tiff", sid, tumour=False, seed=SEED)
+    assert info["magnification"] == 40
+    _check_opens(info, 0.25)
+    # Same physical size as a 20x slide: twice the pixels.
+    assert info["height_px"] == round(info["height_um"] / 0.25)
+    assert info["tumour_fraction_of_tissue"] == 0.0
+
+
+def test_demo_options_vary_per_slide() -> None:
+    opts = [S.demo_slide_options(f"s{i}", SEED) for i in range(400)]
+    forty = np.mean([o["mpp"] == 0.25 for o in opts])
+    pen = np.mean([o["pen"] is not None for o in opts])
+    assert 0.06 < forty < 0.2
+    assert 0.2 < pen < 0.45
+    assert {o["pen"] for o in opts} == {None, "blue", "green", "black"}
+    assert S.demo_slide_options("demo_03", SEED) == S.demo_slide_options("demo_03", SEED)
+    assert S.demo_slide_options("demo_03", SEED) != S.demo_slide_options("demo_03", SEED + 1)
+
+
+def test_demo_slide_is_deterministic(demo_20x: dict, tmp_path: Path) -> None:
+    again = S.make_demo_slide(tmp_path / "again.tiff", demo_20x["slide_id"], True, SEED)
+    assert Path(again["path"]).read_bytes() == Path(demo_20x["path"]).read_bytes()
+    other_id = next(s for s in S.demo_slide_ids(64) if s != demo_20x["slide_id"])
+    other = S.demo_slide_options(other_id, SEED)
+    assert other["render_seed"] != demo_20x["render_seed"]
+    # Different seeds draw different images (same size here, so only the content differs).
+    a = S.render_tissue(600, 600, 0.5, tumour=False, seed=demo_20x["render_seed"])[0]
+    b = S.render_tissue(600, 600, 0.5, tumour=False, seed=other["render_seed"])[0]
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 5
+
+
+def test_tumour_islands_are_clustered_and_look_different(small_tumour: tuple) -> None:
+    image, tissue, tumour, pen = small_tumour
+    normal_image, normal_tissue, normal_tumour, _ = S.render_tissue(
+        1000, 1100, 0.5, tumour=False, seed=7, pen=None, dust=True
+    )
+    assert not normal_tumour.any()
+    assert np.array_equal(normal_tissue, tissue)  # the tumour flag does not move the tissue
+    assert not pen.any()
+    frac = tumour.sum() / tissue.sum()
+    assert 0.08 <= frac <= 0.35
+    assert not (tumour & ~tissue).any()
+
+    def bbox_area(mask: np.ndarray) -> int:
+        ys, xs = np.nonzero(mask)
+        return int((ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1))
+
+    assert bbox_area(tumour) < 0.6 * bbox_area(tissue)
+    tumour_rgb = image[tumour].mean(axis=0)
+    normal_rgb = image[tissue & ~tumour].mean(axis=0)
+    assert np.linalg.norm(tumour_rgb - normal_rgb) > 60
+    # The normal slide's tissue looks like the tumour slide's non-tumour tissue.
+    assert np.linalg.norm(normal_image[normal_tissue].mean(axis=0) - normal_rgb) < 10
+    assert tumour_rgb.mean() < normal_rgb.mean() - 40  # darker
+    assert tumour_rgb[2] > tumour_rgb[0]  # blue-purple
+    background = image[~tissue].mean(axis=0)
+    assert (background > 230).all() and (background < 252).all()
+
+
+@pytest.mark.parametrize("colour", ["blue", "green", "black"])
+def test_pen_mask_has_ink_hue(colour: str, small_tumour: tuple) -> None:
+    plain = small_tumour[0]
+    image, _, _, pen = S.render_tissue(1000, 1100, 0.5, tumour=True, seed=7, pen=colour)
+    assert 0.005 < pen.mean() < 0.4
+    assert np.array_equal(image[~pen], plain[~pen])  # ink only where the mask says
+    r, g, b = image[pen].mean(axis=0)
+    if colour == "blue":
+        assert b > r + 50 and b > g + 40
+    elif colour == "green":
+        assert g > r + 40 and g > b + 15
+    else:
+        assert max(r, g, b) < 90
+
+
+def test_tiles_writer_matches_render_tile(tmp_path: Path) -> None:
+    side, mpp = 2048, 0.25
+
+    def render_tile(ds: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        yy, xx = np.mgrid[y : y + h, x : x + w].astype(np.float32) * ds
+        out = np.empty((h, w, 3), dtype=np.uint8)
+        out[..., 0] = 128 + 100 * np.sin(yy / 150.0)
+        out[..., 1] = 128 + 100 * np.cos(xx / 230.0)
+        out[..., 2] = ((yy + xx) / (2 * side) * 255).clip(0, 255)
+        return out
+
+    path = write_pyramidal_tiff_from_tiles(
+        tmp_path / "tiles.tiff", side, side - 100, render_tile, mpp, downsamples=(1, 4, 16)
+    )
+    with openslide.OpenSlide(path) as slide:
+        assert slide.dimensions == (side - 100, side)
+        assert slide.level_count == 3
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(mpp)
+        level0 = np.asarray(slide.read_region((0, 0), 0, slide.dimensions).convert("RGB"))
+        level1 = np.asarray(slide.read_region((0, 0), 1, slide.level_dimensions[1]).convert("RGB"))
+    expected = render_tile(1, 0, 0, side, side - 100).astype(int)
+    assert np.abs(level0.astype(int) - expected).mean() < 3
+    expected1 = render_tile(4, 0, 0, *level1.shape[:2]).astype(int)
+    assert np.abs(level1.astype(int) - expected1).mean() < 4
+    assert [p.name for p in tmp_path.iterdir()] == ["tiles.tiff"]
+
+
+def test_writers_leave_nothing_behind_on_error(tmp_path: Path) -> None:
+    def broken(ds: int, y: int, x: int, h: int, w: int) -> np.ndarray:
+        if y > 0:
+            raise RuntimeError("renderer failed")
+        return np.zeros((h, w, 3), dtype=np.uint8)
+
+    with pytest.raises(RuntimeError, match="renderer failed"):
+        write_pyramidal_tiff_from_tiles(tmp_path / "x.tiff", 1024, 1024, broken, 0.5)
+    with pytest.raises(ValueError):
+        write_pyramidal_tiff(tmp_path / "y.tiff", np.zeros((64, 64), np.uint8), 0.5)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_large_synthetic_slide_small_case(tmp_path: Path) -> None:
+    info = S.write_large_synthetic_slide(tmp_path / "big.tiff", side_px=2048, seed=1)
+    assert 0.2 < info["tissue_fraction"] < 0.45
+    with openslide.OpenSlide(info["path"]) as slide:
+        assert slide.dimensions == (2048, 2048)
+        assert slide.level_count == 4
+        assert float(slide.properties[openslide.PROPERTY_NAME_MPP_X]) == pytest.approx(0.25)
+        thumb = np.asarray(slide.read_region((0, 0), 3, slide.level_dimensions[3]).convert("RGB"))
+    # Tissue (pinkish, darker than glass) covers roughly the layout's fraction at the top level.
+    tissue = thumb.mean(axis=2) < 225
+    assert abs(tissue.mean() - info["tissue_fraction"]) < 0.1
+
+
+def test_write_demo_cohort_sheet(tmp_path: Path) -> None:
+    sheet = S.write_demo_cohort(tmp_path / "demo", n_slides=2, seed=SEED)
+    assert sheet == tmp_path / "demo" / "samples.tsv"
+    with sheet.open(newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    assert rows[0] == ["slide_id", "path", "label", "patient"]
+    assert rows[1:] == [
+        ["demo_00", str(tmp_path / "demo" / "slides" / "demo_00.tiff"), "normal", "P00"],
+        ["demo_01", str(tmp_path / "demo" / "slides" / "demo_01.tiff"), "tumor", "P01"],
+    ]
+    for row in rows[1:]:
+        with openslide.OpenSlide(row[1]) as slide:
+            assert slide.level_count >= 3
+    assert [S.demo_label(i) for i in range(4)] == ["normal", "tumor", "normal", "tumor"]
+    assert S.demo_slide_ids(3) == ["demo_00", "demo_01", "demo_02"]
+
+
+def test_committed_demo_sheet_is_the_generated_one() -> None:
+    committed = (Path(__file__).resolve().parents[1] / "config" / "demo_samples.tsv").read_text()
+    assert committed == S.demo_sheet("resources/demo/slides", 16)
