@@ -11,11 +11,20 @@ import pytest
 from span.slides.tiff_writer import write_pyramidal_tiff
 
 REPO = Path(__file__).resolve().parents[1]
-CMU1 = Path(
-    os.environ.get(
-        "SPAN_TEST_SLIDE", REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
-    )
-)
+_CMU1_NAME = Path("shared", "data", "slides", "CMU-1-Small-Region.svs")
+
+
+def _find_cmu1() -> Path:
+    """SPAN_TEST_SLIDE, else shared/data/slides/ beside the checkout or any folder above it."""
+    if "SPAN_TEST_SLIDE" in os.environ:
+        return Path(os.environ["SPAN_TEST_SLIDE"])
+    for folder in [*REPO.parents, Path("/work")]:
+        if (folder / _CMU1_NAME).is_file():
+            return folder / _CMU1_NAME
+    return REPO.parent / _CMU1_NAME
+
+
+CMU1 = _find_cmu1()
 
 
 @pytest.fixture(scope="session")
