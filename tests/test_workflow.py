@@ -146,3 +146,15 @@ def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
     summary = (out / "qc" / "summary.tsv").read_text().splitlines()
     assert summary[0].startswith("slide_id\tpatches") and len(summary) == 3
     assert np.all([int(line.split("\t")[1]) > 0 for line in summary[1:]])
+
+
+def test_workflow_lint_is_clean():
+    res = subprocess.run(
+        [*SNAKEMAKE, "--lint"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0 and "Lints for" not in res.stdout, res.stdout

@@ -1,7 +1,6 @@
 # Start-up checks and helpers shared by all rules: config and sample-sheet validation,
 # missing-input report, and the mapping from config sections to `span` CLI options.
 
-import os
 import re
 import shlex
 import sys
@@ -9,12 +8,10 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-# Rules call `python -m span`: make the package importable here and in every job's shell,
-# with or without --use-conda (conda envs hold only the dependencies).
+# The span package is imported from this checkout, here and in every job's shell, with or
+# without --use-conda (the conda envs hold only its dependencies): rules run `python -m span`.
 sys.path.insert(0, workflow.basedir)
-os.environ["PYTHONPATH"] = os.pathsep.join(
-    p for p in (workflow.basedir, os.environ.get("PYTHONPATH")) if p
-)
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
 
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
@@ -61,10 +58,10 @@ def is_demo_slide(path, slide_id):
 
 _missing = missing_inputs(SAMPLES.values(), producible=is_demo_slide)
 if _missing:
+    _listing = "\n  ".join(_missing)
     raise WorkflowError(
-        f"{len(_missing)} input file(s) named in {config['samples']} do not exist:\n  "
-        + "\n  ".join(_missing)
-        + "\nFix the paths in the sample sheet or drop those rows."
+        f"{len(_missing)} input file(s) named in {config['samples']} do not exist:\n"
+        f"  {_listing}\nFix the paths in the sample sheet or drop those rows."
     )
 
 PATCHED = sorted(sid for sid, s in SAMPLES.items() if s.needs_patching)
@@ -76,11 +73,11 @@ def cli_options(section, skip=()):
     for key, value in section.items():
         if key in skip or value is None:
             continue
-        flag = "--" + key.replace("_", "-")
+        name = key.replace("_", "-")
         if isinstance(value, bool):
-            words.append(flag if value else "--no-" + flag[2:])
+            words.append(f"--{name}" if value else f"--no-{name}")
         else:
-            words += [flag, shlex.quote(str(value))]
+            words += [f"--{name}", shlex.quote(str(value))]
     return " ".join(words)
 
 
