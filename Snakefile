@@ -12,6 +12,7 @@ configfile: "config/config.yaml"
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/slides.smk"
+include: "workflow/rules/features.smk"
 
 
 rule all:
@@ -19,3 +20,4 @@ rule all:
     input:
         f"{RESULTS}/qc/summary.tsv",
         expand(f"{RESULTS}/qc/{{slide}}.png", slide=PATCHED),
+        expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),

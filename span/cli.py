@@ -31,6 +31,7 @@ def _setup_logging(log_file: str | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every stage's subcommand registered."""
+    from span.features import cli as features_cli
     from span.slides import cli as slides_cli
 
     parser = argparse.ArgumentParser(
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log", metavar="FILE", help="also write the log to FILE")
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     slides_cli.register(stages)
+    features_cli.register(stages)
     return parser
 
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import yaml
@@ -44,7 +45,12 @@ def base_config(sheet: Path) -> dict:
         "samples": str(sheet),
         "classes": ["normal", "tumor"],
         "demo": {"generate": False},
+        # Small and fast: layer3 of a seeded random ResNet50, one thread, no reader processes.
+        "features": {"weights": "random", "layer": "layer3", "threads": 1, "num_workers": 0},
     }
+
+
+FEATURES = Path("results", "tiny", "features", "resnet50-layer3")
 
 
 def test_default_config_plans_demo_and_patching(tmp_path):
@@ -137,15 +143,43 @@ def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
     assert "bad.svs: not a readable slide" in error_lines[0]
     assert "drop its row from the sample sheet" in error_lines[0]
 
+    # Features of the good slides are extracted meanwhile (keep-going).
+    assert (tmp_path / FEATURES / "good1.h5").is_file()
+    assert not (tmp_path / FEATURES / "bad.h5").exists()
+
     # The user drops the row: only the summary runs, the finished slides are not redone.
-    mtime = (out / "patches" / "good1.h5").stat().st_mtime_ns
+    done = [tmp_path / FEATURES / "good1.h5", out / "patches" / "good1.h5"]
+    mtimes = [p.stat().st_mtime_ns for p in done]
     write_sheet(sheet, [rows[0], rows[2]])
     res = snakemake(tmp_path, "--cores", "2", config=base_config(sheet))
     assert res.returncode == 0, res.stdout
-    assert (out / "patches" / "good1.h5").stat().st_mtime_ns == mtime
+    assert [p.stat().st_mtime_ns for p in done] == mtimes
     summary = (out / "qc" / "summary.tsv").read_text().splitlines()
     assert summary[0].startswith("slide_id\tpatches") and len(summary) == 3
     assert np.all([int(line.split("\t")[1]) > 0 for line in summary[1:]])
+
+
+def test_precomputed_features_skip_patching_and_extraction(tmp_path):
+    rng = np.random.default_rng(0)
+    with h5py.File(tmp_path / "clam.h5", "w") as f:  # CLAM: per-region grid, no attributes
+        f["features"] = rng.standard_normal((6, 1024)).astype(np.float32)
+        f["coords"] = np.array([[13, 7], [237, 7], [461, 7], [13, 231], [237, 231], [461, 231]])
+    sheet = write_sheet(
+        tmp_path / "s.tsv",
+        [("imp", "", "tumor", "clam.h5")],
+        header=("slide_id", "path", "label", "features"),
+    )
+    config = base_config(sheet)
+    config["features"]["import_patch_size_level0"] = 224
+    res = snakemake(tmp_path, "--cores", "1", config=config)
+    assert res.returncode == 0, res.stdout
+    assert "rule patch" not in res.stdout and "rule extract" not in res.stdout
+    assert "snapped 6 of 6 patches" in res.stdout
+    with h5py.File(tmp_path / FEATURES / "imp.h5") as f:
+        assert f["features"].shape == (6, 1024)
+        np.testing.assert_array_equal(
+            f["grid"][:], [[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1]]
+        )
 
 
 def test_workflow_lint_is_clean():

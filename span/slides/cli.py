@@ -108,7 +108,7 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_patch, parser=p)
 
     q = stages.add_parser("qc-summary", help="cohort table of the slide stage (qc/summary.tsv)")
-    q.add_argument("--patches", nargs="+", required=True, help="patch HDF5 files")
+    q.add_argument("--patches", nargs="*", default=[], help="patch HDF5 files")
     q.add_argument("--out", required=True, help="TSV to write")
     q.set_defaults(func=_qc_summary)
 

@@ -39,7 +39,7 @@ class SegmentationParams:
 
     def as_attrs(self) -> dict:
         """Flat dict for HDF5 attributes (prefixed `seg_`)."""
-        return {f"seg_{k}": (str(v) if isinstance(v, str) else v) for k, v in asdict(self).items()}
+        return {k if k.startswith("seg_") else f"seg_{k}": v for k, v in asdict(self).items()}
 
 
 #: `default` keeps small biopsies; `clam` is CLAM's create_patches_fp (sthresh 8, mthresh 7,

@@ -65,6 +65,13 @@ if _missing:
     )
 
 PATCHED = sorted(sid for sid, s in SAMPLES.items() if s.needs_patching)
+IMPORTED = sorted(sid for sid, s in SAMPLES.items() if not s.needs_patching)
+FEATURES_DIR = f"{RESULTS}/features/{config['features']['encoder']}-{config['features']['layer']}"
+
+
+def one_of(slide_ids):
+    """Wildcard regex matching exactly these slide ids (never matches when there are none)."""
+    return "|".join(re.escape(s) for s in slide_ids) or "(?!)"
 
 
 def cli_options(section, skip=()):

@@ -1,0 +1,262 @@
+"""The feature stage: encode every patch of a slide into an HDF5 file, resumably.
+
+Rows are written in order into a hidden partial file, flushed every `flush_every` patches
+(a multiple of the batch size, so a resumed run sees the same batches as an uninterrupted
+one). A killed run resumes from the last flush; the final name appears only when the slide
+is complete (atomic rename). Memory stays bounded by one flush buffer whatever the slide.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+import span
+from span.errors import SpanError
+from span.features.encoders import Encoder
+from span.features.feature_file import FEATURE_DTYPES
+from span.features.tiles import SlideTiles, worker_init
+from span.h5io import write_attrs
+from span.slides.patch_file import PatchSet, read_patch_file
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExtractOptions:
+    """Throughput and storage settings (none of them changes the features beyond rounding)."""
+
+    batch_size: int = 32
+    num_workers: int = 1
+    dtype: str = "float32"
+    device: str = "auto"
+    amp: bool = True  # CUDA only
+    flush_every: int = 256
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FEATURE_DTYPES:
+            raise ValueError(f"dtype must be one of {sorted(FEATURE_DTYPES)}")
+        if self.batch_size < 1 or self.num_workers < 0 or self.flush_every < 1:
+            raise ValueError("batch_size and flush_every must be >= 1, num_workers >= 0")
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` = CUDA when present, else CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def partial_path(out: Path) -> Path:
+    """Where an unfinished extraction lives (hidden; never mistaken for a finished file)."""
+    return out.with_name(f".{out.stem}.partial.h5")
+
+
+def _fingerprint(slide: Path, patches: PatchSet, encoder: Encoder, dtype: str) -> str:
+    """Everything the stored rows depend on: resuming is only allowed when it matches."""
+    stat = slide.stat()
+    return json.dumps(
+        {
+            "slide": [str(slide.resolve()), stat.st_size, stat.st_mtime_ns],
+            "coords": hashlib.sha1(np.ascontiguousarray(patches.coords).tobytes()).hexdigest(),
+            "read": [patches.attrs["patch_level"], patches.attrs["patch_size"]],
+            "encoder": [encoder.name, encoder.layer, encoder.weights, encoder.input_size],
+            "dtype": dtype,
+        },
+        sort_keys=True,
+    )
+
+
+class PartialFeatures:
+    """The hidden, resumable partial file: `features` and `ok` rows, `done` counter."""
+
+    def __init__(self, path: Path, n: int, dim: int, dtype: str, fingerprint: str) -> None:
+        self.path = path
+        self.file = self._resume(path, n, dim, fingerprint)
+        if self.file is None:
+            self.file = h5py.File(path, "w")
+            chunk = (max(1, min(n, 256)), dim)
+            self.file.create_dataset("features", (n, dim), FEATURE_DTYPES[dtype], chunks=chunk)
+            self.file.create_dataset("ok", (n,), bool)
+            self.file.attrs["fingerprint"] = fingerprint
+            self.file.attrs["done"] = 0
+            self.file.flush()
+
+    @staticmethod
+    def _resume(path: Path, n: int, dim: int, fingerprint: str) -> h5py.File | None:
+        if not path.exists():
+            return None
+        try:
+            f = h5py.File(path, "r+")
+            same = f.attrs.get("fingerprint") == fingerprint and f["features"].shape == (n, dim)
+            if same and 0 <= int(f.attrs["done"]) <= n:
+                log.info("%s: resuming after %d of %d patches", path, int(f.attrs["done"]), n)
+                return f
+            f.close()
+            log.warning("%s: left by a run with other inputs or settings; starting over", path)
+        except (OSError, KeyError) as exc:
+            log.warning("%s: damaged partial file (%s); starting over", path, exc)
+        path.unlink()
+        return None
+
+    @property
+    def done(self) -> int:
+        return int(self.file.attrs["done"])
+
+    def write(self, start: int, features: np.ndarray, ok: np.ndarray) -> None:
+        """Store rows start..start+len and advance `done` only after the data is flushed."""
+        stop = start + len(features)
+        self.file["features"][start:stop] = features
+        self.file["ok"][start:stop] = ok
+        self.file.flush()
+        self.file.attrs["done"] = stop
+        self.file.flush()
+
+    def finalize(self, out: Path, patches: PatchSet, attrs: dict) -> np.ndarray:
+        """Add coords, grid, bad_tiles and attributes, then rename into place."""
+        f = self.file
+        bad = np.flatnonzero(~f["ok"][:]).astype(np.int64)
+        del f["ok"]
+        f.create_dataset("coords", data=np.asarray(patches.coords, np.int64).reshape(-1, 2))
+        f.create_dataset("grid", data=np.asarray(patches.grid, np.int32).reshape(-1, 2))
+        f.create_dataset("bad_tiles", data=bad)
+        for key in ("fingerprint", "done"):
+            del f.attrs[key]
+        write_attrs(f, attrs)
+        f.close()
+        os.replace(self.path, out)
+        return bad
+
+    def close(self) -> None:
+        if self.file.id.valid:
+            self.file.close()
+
+
+def encode_tiles(
+    encoder: Encoder, tiles: torch.Tensor, device: torch.device, amp: bool
+) -> torch.Tensor:
+    """uint8 (B, H, W, 3) tiles -> float32 (B, D) features."""
+    mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1) * 255
+    std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1) * 255
+    x = tiles.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
+    x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+        return encoder.model(x).float()
+
+
+def extract_slide(
+    slide_path: str | Path,
+    patch_file: str | Path,
+    out: str | Path,
+    encoder: Encoder,
+    options: ExtractOptions,
+) -> np.ndarray:
+    """Encode every patch of one slide into `out`; returns the indices of bad tiles."""
+    slide_path, out = Path(slide_path), Path(out)
+    patches = read_patch_file(patch_file)
+    n, slide_id = len(patches), patches.attrs.get("slide_id", out.stem)
+    if not slide_path.is_file():
+        raise SpanError(slide_path, "slide file not found", "fix its path in the sample sheet")
+    device = resolve_device(options.device)
+    flush_every = max(1, options.flush_every // options.batch_size) * options.batch_size
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = PartialFeatures(
+        partial_path(out),
+        n,
+        encoder.feature_dim,
+        options.dtype,
+        _fingerprint(slide_path, patches, encoder, options.dtype),
+    )
+    try:
+        _encode_remaining(slide_path, patches, encoder, options, device, partial, flush_every)
+        attrs = {
+            **patches.attrs,
+            "encoder": encoder.name,
+            "layer": encoder.layer,
+            "feature_dim": encoder.feature_dim,
+            "weights": encoder.weights,
+            "dtype": options.dtype,
+            "device": device.type,
+            "source": "extracted",
+            "software": f"span-wsi {span.__version__}",
+        }
+        bad = partial.finalize(out, patches, attrs)
+    finally:
+        partial.close()
+    if len(bad):
+        log.warning(
+            "%s: %d tiles could not be read and were zero-filled: %s",
+            slide_id,
+            len(bad),
+            bad[:20].tolist(),
+        )
+    return bad
+
+
+def _encode_remaining(
+    slide_path: Path,
+    patches: PatchSet,
+    encoder: Encoder,
+    options: ExtractOptions,
+    device: torch.device,
+    partial: PartialFeatures,
+    flush_every: int,
+) -> None:
+    """Encode patches from the partial file's `done` onwards, flushing every `flush_every`."""
+    n, start = len(patches), partial.done
+    slide_id = patches.attrs.get("slide_id", slide_path.stem)
+    encoder.model.to(device).to(memory_format=torch.channels_last)
+    dataset = SlideTiles(
+        slide_path,
+        patches.coords,
+        patches.attrs["patch_level"],
+        patches.attrs["patch_size"],
+        encoder.input_size,
+        start=start,
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
+        worker_init_fn=worker_init if options.num_workers else None,
+        # A fresh process, not a fork: OpenCV's and OpenMP's thread pools do not survive
+        # fork (a forked worker can hang on its first cv2 call).
+        multiprocessing_context="forkserver" if options.num_workers else None,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if options.num_workers else None,
+    )
+    feats, oks = [], []
+    pending_from = start
+    bar = tqdm(total=n, initial=start, desc=slide_id, unit="patch", mininterval=5, leave=False)
+    with torch.inference_mode():
+        for tiles, index, ok in loader:
+            f = encode_tiles(encoder, tiles, device, options.amp)
+            finite = torch.isfinite(f).all(dim=1)
+            if not finite.all():
+                where = index[~finite.cpu()][:5].tolist()
+                raise SpanError(
+                    slide_path,
+                    f"non-finite features for patches {where} (encoder {encoder.name}, "
+                    f"weights {encoder.weights})",
+                    "check the encoder checkpoint; on a GPU try features.amp: false",
+                )
+            feats.append(f.cpu().numpy().astype(FEATURE_DTYPES[options.dtype]))
+            oks.append(ok.numpy())
+            bar.update(len(index))
+            buffered = sum(len(x) for x in feats)
+            if buffered >= flush_every or pending_from + buffered == n:
+                partial.write(pending_from, np.concatenate(feats), np.concatenate(oks))
+                pending_from += buffered
+                feats, oks = [], []
+                log.info("%s: flushed %d/%d patches", slide_id, pending_from, n)
+    bar.close()

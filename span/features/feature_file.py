@@ -1,0 +1,76 @@
+"""The features HDF5 file: `features` (N x D), `coords`, `grid`, `bad_tiles` and attributes.
+
+The layout is a superset of CLAM's and TRIDENT's (`features` + `coords`), so their readers
+load ours; `grid` is what SPAN consumes. The patch file's attributes are copied over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from span.atomic import atomic_output
+from span.errors import SpanError
+from span.h5io import open_h5, read_attrs, require_datasets, write_attrs
+
+FEATURE_DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+@dataclass
+class FeatureSet:
+    """Features of one slide's patches, aligned row by row with their coordinates."""
+
+    features: np.ndarray
+    coords: np.ndarray
+    grid: np.ndarray
+    bad_tiles: np.ndarray
+    attrs: dict
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def write_feature_file(path: str | Path, fs: FeatureSet) -> None:
+    """Write a complete features file atomically."""
+    with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
+        f.create_dataset("features", data=fs.features)
+        f.create_dataset("coords", data=np.asarray(fs.coords, np.int64).reshape(-1, 2))
+        f.create_dataset("grid", data=np.asarray(fs.grid, np.int32).reshape(-1, 2))
+        f.create_dataset("bad_tiles", data=np.asarray(fs.bad_tiles, np.int64).reshape(-1))
+        write_attrs(f, {**fs.attrs, "feature_dim": fs.feature_dim})
+
+
+def read_feature_file(path: str | Path, expected_dim: int | None = None) -> FeatureSet:
+    """Read and check a features file: datasets present, rows aligned, width as expected."""
+    fix = "delete it and re-run feature extraction (or fix the sample sheet's features path)"
+    with open_h5(path, fix) as f:
+        require_datasets(f, path, ("features", "coords", "grid"), fix)
+        try:
+            features = f["features"][:]
+            coords = f["coords"][:]
+            grid = f["grid"][:]
+            bad = f["bad_tiles"][:] if "bad_tiles" in f else np.zeros(0, np.int64)
+        except OSError as exc:
+            raise SpanError(path, f"damaged dataset ({exc})", fix) from exc
+        attrs = read_attrs(f)
+    if features.ndim != 2 or len(features) != len(coords) or len(grid) != len(coords):
+        raise SpanError(
+            path,
+            f"misaligned datasets (features {features.shape}, coords {coords.shape}, "
+            f"grid {grid.shape})",
+            fix,
+        )
+    if expected_dim is not None and features.shape[1] != expected_dim:
+        raise SpanError(
+            path,
+            f"features are {features.shape[1]}-d but {expected_dim}-d are expected",
+            "use one encoder and layer for the whole cohort (re-extract or re-import this slide)",
+        )
+    return FeatureSet(features, coords, grid, bad, attrs)

@@ -1,0 +1,90 @@
+"""Reading patches as encoder-ready tiles, in parallel DataLoader workers.
+
+Each worker process opens its own slide handle. A failed read is retried once with a fresh
+handle (openslide refuses every read after an error); a tile that still fails is zero-filled
+and flagged, never silently kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import openslide
+import torch
+from torch.utils.data import Dataset
+
+from span.slides.reader import rgba_to_rgb
+
+log = logging.getLogger(__name__)
+
+
+class SlideTiles(Dataset):
+    """Patches `start..` of a slide as uint8 (size, size, 3) tiles, with index and success flag."""
+
+    def __init__(
+        self,
+        slide_path: str | Path,
+        coords: np.ndarray,
+        level: int,
+        read_size: int,
+        out_size: int,
+        start: int = 0,
+    ) -> None:
+        self.slide_path = str(slide_path)
+        self.coords = np.asarray(coords, np.int64)
+        self.level = int(level)
+        self.read_size = int(read_size)
+        self.out_size = int(out_size)
+        self.start = int(start)
+        self._slide: openslide.OpenSlide | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return len(self.coords) - self.start
+
+    def _handle(self, fresh: bool = False) -> openslide.OpenSlide:
+        if fresh or self._slide is None or self._pid != os.getpid():
+            if self._slide is not None and self._pid == os.getpid():
+                self._slide.close()
+            self._slide = openslide.OpenSlide(self.slide_path)
+            self._pid = os.getpid()
+        return self._slide
+
+    def read_tile(self, index: int, fresh: bool = False) -> np.ndarray:
+        """One patch, read at its level and resized to the encoder's input size."""
+        x, y = self.coords[index]
+        size = (self.read_size, self.read_size)
+        rgb = rgba_to_rgb(np.asarray(self._handle(fresh).read_region((x, y), self.level, size)))
+        if self.read_size != self.out_size:
+            shrink = self.read_size > self.out_size
+            interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
+            rgb = cv2.resize(rgb, (self.out_size, self.out_size), interpolation=interp)
+        return rgb
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
+        index = self.start + i
+        for attempt in range(2):
+            try:
+                return torch.from_numpy(self.read_tile(index, fresh=attempt > 0)), index, True
+            except openslide.OpenSlideError as exc:
+                log.warning(
+                    "%s: patch %d at %s: read failed (%s)%s",
+                    self.slide_path,
+                    index,
+                    tuple(self.coords[index]),
+                    exc,
+                    "; retrying" if attempt == 0 else "; zero-filled",
+                )
+                self._slide = None  # the handle is in an error state; reopen on next use
+        blank = torch.zeros((self.out_size, self.out_size, 3), dtype=torch.uint8)
+        return blank, index, False
+
+
+def worker_init(_: int) -> None:
+    """Workers decode tiles; one thread each leaves the cores to the encoder."""
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
