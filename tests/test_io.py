@@ -76,3 +76,15 @@ def test_sample_sheet_reports_every_problem_at_once(tmp_path):
     message = str(err.value)
     assert "line 2" in message and "line 3" in message and "line 4" in message
     assert "\n" not in message
+
+
+def test_rgba_composites_on_white():
+    from span.slides.reader import rgba_to_rgb
+
+    rgba = np.array([[[10, 20, 30, 255], [10, 20, 30, 0], [0, 0, 0, 128]]], np.uint8)
+    np.testing.assert_array_equal(
+        rgba_to_rgb(rgba), [[[10, 20, 30], [255, 255, 255], [127, 127, 127]]]
+    )
+    opaque = rgba.copy()
+    opaque[..., 3] = 255
+    np.testing.assert_array_equal(rgba_to_rgb(opaque), opaque[..., :3])
