@@ -1,0 +1,178 @@
+"""SPAN: sparse pyramid attention network (Wu et al.), pure PyTorch, CPU and CUDA.
+
+Input features are embedded by a 1x1 convolution (a Linear, D = in_dim / 4 by default),
+then `stages` stages each run one pre-norm transformer layer of sparse window attention
+(regular + shifted windows + global tokens), with a sparse 2x2 stride-2 convolution before
+every stage but the first. The head pools the last stage by gated attention (or aggregates
+the global tokens). Every switch of the paper's ablations is a constructor argument.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from span.models.base import MILModel, ModelOutput
+from span.models.layers import AttentionPool, FeedForward
+from span.models.sparse import check_grid, downsampling, window_layout
+from span.models.sparse_conv import SparseDownsample
+from span.models.window_attention import SparseWindowAttention
+
+
+class SpanLayer(nn.Module):
+    """Pre-norm transformer layer; local and global tokens share its weights."""
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        side: int,
+        ffn_ratio: float,
+        dropout: float,
+        attn_dropout: float,
+        position: str,
+        rope_theta: float,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = SparseWindowAttention(
+            dim, heads, side, position, rope_theta, attn_dropout, dropout
+        )
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, int(dim * ffn_ratio), dropout)
+
+    def forward(self, x, tokens, grid, layout):
+        ax, at = self.attn(
+            self.norm1(x), None if tokens is None else self.norm1(tokens), grid, layout
+        )
+        x = x + ax
+        x = x + self.ffn(self.norm2(x))
+        if tokens is not None:
+            tokens = tokens + at
+            tokens = tokens + self.ffn(self.norm2(tokens))
+        return x, tokens
+
+
+class SPAN(MILModel):
+    """Sparse pyramid attention network over a slide's (features, grid)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        embed_dim: int | None = None,
+        heads: int = 8,
+        stages: int = 3,
+        window_side: int = 6,
+        shift: bool = True,
+        global_tokens: int = 1,
+        downsample: bool = True,
+        depthwise_conv: bool = True,
+        conv_bias: bool = False,
+        position: str = "rpb",
+        rope_theta: float = 10000.0,
+        head: str = "attention",
+        ffn_ratio: float = 2.0,
+        dropout: float = 0.05,
+        attn_dropout: float = 0.05,
+        grad_clip: float | None = None,
+    ) -> None:
+        super().__init__(grad_clip)
+        dim = embed_dim or in_dim // 4
+        if head not in ("attention", "global"):
+            raise ValueError(f"head must be 'attention' or 'global', got {head!r}")
+        if head == "global" and global_tokens < 1:
+            raise ValueError("the global-token head needs global_tokens >= 1")
+        if stages < 1 or global_tokens < 0:
+            raise ValueError("stages must be >= 1 and global_tokens >= 0")
+        self.window_side, self.shift, self.downsample, self.head = (
+            window_side,
+            shift,
+            downsample,
+            head,
+        )
+        self.embed = nn.Linear(in_dim, dim)  # the paper's 1x1 convolution
+        # Global tokens live in input space with their own projection, as in the authors' code.
+        self.global_seed = (
+            nn.Parameter(torch.randn(global_tokens, in_dim) * 1e-4) if global_tokens else None
+        )
+        self.global_embed = nn.Linear(in_dim, dim) if global_tokens else None
+        self.layers = nn.ModuleList(
+            SpanLayer(
+                dim, heads, window_side, ffn_ratio, dropout, attn_dropout, position, rope_theta
+            )
+            for _ in range(stages)
+        )
+        self.convs = (
+            nn.ModuleList(
+                SparseDownsample(dim, depthwise_conv, conv_bias) for _ in range(stages - 1)
+            )
+            if downsample
+            else nn.ModuleList()
+        )
+        self.token_norms = (
+            nn.ModuleList(nn.LayerNorm(dim) for _ in range(stages - 1))
+            if global_tokens
+            else nn.ModuleList()
+        )
+        self.pool = (
+            AttentionPool(dim, dim, gated=True, dropout=dropout) if head == "attention" else None
+        )
+        self.head_norm = nn.LayerNorm(dim) if head == "global" else None
+        self.head_drop = nn.Dropout(dropout)
+        self.classifier = nn.Linear(dim, n_classes)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.trunc_normal_(module.weight, std=0.02)
+            nn.init.zeros_(module.bias)
+
+    def stage_grids(self, grid: torch.Tensor) -> list:
+        """Per stage: (grid, downsampling into it or None). Index work only, no features."""
+        grid = check_grid(grid)
+        plan = [(grid, None)]
+        for _ in range(len(self.layers) - 1):
+            if self.downsample:
+                down = downsampling(plan[-1][0])
+                plan.append((down.parent_grid, down))
+            else:
+                plan.append((plan[-1][0], None))
+        return plan
+
+    def forward(self, features: torch.Tensor, grid: torch.Tensor) -> ModelOutput:
+        if len(features) != len(grid) or len(features) == 0:
+            raise ValueError(
+                f"need N >= 1 features aligned with the grid, got "
+                f"{tuple(features.shape)} and {tuple(grid.shape)}"
+            )
+        plan = self.stage_grids(grid.to(features.device))
+        x = self.embed(features)
+        tokens = self.global_embed(self.global_seed) if self.global_embed is not None else None
+        stage_tokens = []
+        ancestor = torch.arange(len(features), device=features.device)
+        for i, (layer, (g, down)) in enumerate(zip(self.layers, plan, strict=True)):
+            if i > 0:
+                if down is not None:
+                    x = self.convs[i - 1](x, down)
+                    ancestor = down.parent[ancestor]
+                if tokens is not None:
+                    tokens = self.token_norms[i - 1](tokens)
+            x, tokens = layer(x, tokens, g, window_layout(g, self.window_side, self.shift))
+            if tokens is not None:
+                stage_tokens.append(tokens)
+        if self.pool is not None:
+            embedding, weights = self.pool(x)
+        else:
+            embedding = self.head_norm(torch.stack(stage_tokens).sum(0).mean(0))
+            weights = self._global_attention(x, tokens)
+        logits = self.classifier(self.head_drop(embedding))
+        return ModelOutput(logits=logits, patch_scores=weights[ancestor], embedding=embedding)
+
+    def _global_attention(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """How much the global tokens look at each last-stage token (mean over heads/tokens)."""
+        attn = self.layers[-1].attn
+        _, k, _ = attn.project(self.layers[-1].norm1(x))
+        gq, _, _ = attn.project(self.layers[-1].norm1(tokens))
+        return torch.einsum("ghd,nhd->hgn", gq, k).softmax(dim=-1).mean(dim=(0, 1)).detach()

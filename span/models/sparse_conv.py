@@ -1,0 +1,41 @@
+"""Sparse 2 x 2, stride-2 convolution over occupied cells (SPAN's downsampling), pure PyTorch.
+
+Output cells are unique(grid // 2); each output is the sum of its occupied children's
+contributions divided by their number, so border cells are not darkened by empty neighbours.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from span.models.sparse import Downsampling
+
+
+class SparseDownsample(nn.Module):
+    """LayerNorm, then a sparse k=2 s=2 convolution (depthwise by default, as in SPAN's code)."""
+
+    def __init__(self, dim: int, depthwise: bool = True, bias: bool = False) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.depthwise = depthwise
+        shape = (4, dim) if depthwise else (4, dim, dim)  # kernel position = 2 * dy + dx
+        self.weight = nn.Parameter(torch.empty(shape))
+        fan_in = 4 if depthwise else 4 * dim
+        nn.init.uniform_(self.weight, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
+
+    def forward(self, x: torch.Tensor, down: Downsampling) -> torch.Tensor:
+        """(N, D) features of the child cells -> (P, D) features of the parent cells."""
+        x = self.norm(x)
+        out = x.new_zeros((len(down.parent_grid), x.shape[1]))
+        if self.depthwise:
+            out = out.index_add(0, down.parent, x * self.weight[down.child])
+        else:  # one matmul per kernel position, never a weight copy per cell
+            for position in range(4):
+                rows = torch.nonzero(down.child == position).squeeze(1)
+                out = out.index_add(0, down.parent[rows], x[rows] @ self.weight[position])
+        out = out / down.children[:, None].to(x.dtype)
+        return out if self.bias is None else out + self.bias
