@@ -8,11 +8,13 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
+from span.models.abmil import ABMIL
 from span.models.base import MILModel, ModelOutput
 from span.models.span import SPAN
 
 MODELS: dict[str, Callable[..., MILModel]] = {
     "span": SPAN,
+    "abmil": ABMIL,
 }
 
 

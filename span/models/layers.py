@@ -2,8 +2,61 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+#: Rows per chunk of `rowwise`: bounds the transient memory of per-token layers.
+ROW_CHUNK = 16384
+
+
+def keep_mask(shape, p: float, generator: torch.Generator | None = None, device=None):
+    """Dropout keep-mask and its rescale factor, from random bytes (4 per 32-bit draw, several
+    times faster than float uniforms on CPU); the drop probability is rounded to 1/256."""
+    threshold = round(p * 256)
+    numel = math.prod(shape)
+    words = torch.randint(
+        -(2**31),
+        2**31,
+        ((numel + 3) // 4,),
+        dtype=torch.int32,
+        generator=generator,
+        device=device,
+    )
+    keep = words.view(torch.uint8)[:numel].view(shape) >= threshold
+    return keep, 1.0 / (1.0 - threshold / 256)
+
+
+class MaskDropout(nn.Module):
+    """Dropout keeping a boolean mask for the backward pass (a quarter of a float mask)."""
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        keep, rescale = keep_mask(x.shape, self.p, device=x.device)
+        return torch.where(keep, x, 0.0) * rescale
+
+
+def recompute_in_backward(fn, *args):
+    """Call `fn`; when gradients flow, keep only its inputs and recompute it in the backward
+    pass (activation checkpointing, random state preserved)."""
+    if torch.is_grad_enabled() and any(torch.is_tensor(a) and a.requires_grad for a in args):
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def rowwise(fn, x: torch.Tensor, rows: int = ROW_CHUNK) -> torch.Tensor:
+    """Apply a per-row function in chunks of rows, each recomputed in the backward pass, so
+    its intermediate activations never exist for all rows at once."""
+    if len(x) <= rows:
+        return recompute_in_backward(fn, x)
+    return torch.cat([recompute_in_backward(fn, x[i : i + rows]) for i in range(0, len(x), rows)])
 
 
 class FeedForward(nn.Sequential):
@@ -13,9 +66,9 @@ class FeedForward(nn.Sequential):
         super().__init__(
             nn.Linear(dim, hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            MaskDropout(dropout),
             nn.Linear(hidden, dim),
-            nn.Dropout(dropout),
+            MaskDropout(dropout),
         )
 
 

@@ -18,12 +18,15 @@ def slot_offsets(side: int) -> tuple[torch.Tensor, torch.Tensor]:
 class PositionEncoding(nn.Module):
     """No position term (the `none` encoding, and the base of the others)."""
 
+    rotates = False  # whether `rotate` does anything
+
     def block_bias(self) -> torch.Tensor | None:
         """Additive (H, side^2, side^2) bias on local-local logits, or None."""
         return None
 
-    def rotate(self, t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        """Rotate (N, H, dh) queries or keys by their (N, 2) cells; identity here."""
+    def rotate(self, t: torch.Tensor, cells: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Rotate (..., dh) queries or keys by their cells (..., 2), broadcast over the leading
+        dimensions (e.g. heads); identity here."""
         return t
 
 
@@ -66,18 +69,20 @@ class AxialRoPE(PositionEncoding):
         half = head_dim // 2
         self.register_buffer("freq", theta ** (-torch.arange(0, half, 2).float() / half), False)
 
-    def rotate(self, t: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
-        n, h, dh = t.shape
-        if n == 0:
-            return t
-        cells = (grid - grid.min(dim=0).values).float()  # relative: small, exact angles
-        angles = [cells[:, axis, None] * self.freq for axis in (0, 1)]  # (N, dh/4) each
-        angle = torch.cat(angles, dim=1)  # (N, dh/2): one angle per pair
-        cos, sin = torch.cos(angle)[:, None], torch.sin(angle)[:, None]
-        pairs = t.reshape(n, h, dh // 2, 2)
+    rotates = True
+
+    def rotate(self, t: torch.Tensor, cells: torch.Tensor, inverse: bool = False) -> torch.Tensor:
+        """Pass cells relative to the slide (small numbers: exact angles); `inverse` rotates
+        back (the transpose, for gradients)."""
+        angles = [cells[..., axis, None].to(t.dtype) * self.freq for axis in (0, 1)]
+        angle = torch.cat(angles, dim=-1)  # (..., dh/2): one angle per pair
+        cos, sin = torch.cos(angle), torch.sin(angle)
+        if inverse:
+            sin = -sin
+        pairs = t.reshape(*t.shape[:-1], -1, 2)
         even, odd = pairs[..., 0], pairs[..., 1]
         return torch.stack([even * cos - odd * sin, even * sin + odd * cos], dim=-1).reshape(
-            n, h, dh
+            t.shape
         )
 
 

@@ -13,14 +13,18 @@ import torch
 from torch import nn
 
 from span.models.base import MILModel, ModelOutput
-from span.models.layers import AttentionPool, FeedForward
+from span.models.layers import AttentionPool, FeedForward, recompute_in_backward, rowwise
 from span.models.sparse import check_grid, downsampling, window_layout
 from span.models.sparse_conv import SparseDownsample
 from span.models.window_attention import SparseWindowAttention
 
 
 class SpanLayer(nn.Module):
-    """Pre-norm transformer layer; local and global tokens share its weights."""
+    """Pre-norm transformer layer; local and global tokens share its weights.
+
+    In training the feed-forward half is recomputed in the backward pass instead of keeping
+    its activations (same results; the layer's memory roughly halves).
+    """
 
     def __init__(
         self,
@@ -34,22 +38,20 @@ class SpanLayer(nn.Module):
         rope_theta: float,
     ) -> None:
         super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
         self.attn = SparseWindowAttention(
             dim, heads, side, position, rope_theta, attn_dropout, dropout
         )
-        self.norm2 = nn.LayerNorm(dim)
+        self.norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, int(dim * ffn_ratio), dropout)
 
+    def _ffn_residual(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.ffn(self.norm(x))
+
     def forward(self, x, tokens, grid, layout):
-        ax, at = self.attn(
-            self.norm1(x), None if tokens is None else self.norm1(tokens), grid, layout
-        )
-        x = x + ax
-        x = x + self.ffn(self.norm2(x))
+        ax, at = self.attn(x, tokens, grid, layout)
+        x = rowwise(self._ffn_residual, x + ax)
         if tokens is not None:
-            tokens = tokens + at
-            tokens = tokens + self.ffn(self.norm2(tokens))
+            tokens = self._ffn_residual(tokens + at)
         return x, tokens
 
 
@@ -99,7 +101,14 @@ class SPAN(MILModel):
         self.global_embed = nn.Linear(in_dim, dim) if global_tokens else None
         self.layers = nn.ModuleList(
             SpanLayer(
-                dim, heads, window_side, ffn_ratio, dropout, attn_dropout, position, rope_theta
+                dim,
+                heads,
+                window_side,
+                ffn_ratio,
+                dropout,
+                attn_dropout,
+                position,
+                rope_theta,
             )
             for _ in range(stages)
         )
@@ -155,7 +164,7 @@ class SPAN(MILModel):
         for i, (layer, (g, down)) in enumerate(zip(self.layers, plan, strict=True)):
             if i > 0:
                 if down is not None:
-                    x = self.convs[i - 1](x, down)
+                    x = recompute_in_backward(self.convs[i - 1], x, down)
                     ancestor = down.parent[ancestor]
                 if tokens is not None:
                     tokens = self.token_norms[i - 1](tokens)
@@ -173,6 +182,7 @@ class SPAN(MILModel):
     def _global_attention(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """How much the global tokens look at each last-stage token (mean over heads/tokens)."""
         attn = self.layers[-1].attn
-        _, k, _ = attn.project(self.layers[-1].norm1(x))
-        gq, _, _ = attn.project(self.layers[-1].norm1(tokens))
-        return torch.einsum("ghd,nhd->hgn", gq, k).softmax(dim=-1).mean(dim=(0, 1)).detach()
+        with torch.no_grad():
+            k, gq = attn.project(x)[1], attn.project(tokens)[0]
+            logits = attn.scale * (gq @ k.transpose(-1, -2))  # (H, G, N)
+            return logits.softmax(dim=-1).mean(dim=(0, 1))

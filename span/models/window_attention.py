@@ -2,8 +2,13 @@
 
 Each token attends, in ONE softmax, to the union of its regular and its shifted window
 (deduplicated, itself included) and to the global tokens; each global token attends to all
-tokens and to the global tokens. Keys and values are gathered once per window partition
-(the index maps of `span.models.sparse`), so features are never copied per neighbour.
+tokens and to the global tokens.
+
+The local part is a fused, memory-efficient kernel written in plain PyTorch: windows are
+processed in chunks, keys and values are gathered once per window partition through the
+index maps of `span.models.sparse`, and only q, k, v, the output and one log-sum-exp per
+token and head are kept for the backward pass, which recomputes the window logits chunk by
+chunk (as flash attention does). Memory therefore grows with N x D, not with N x window^2.
 """
 
 from __future__ import annotations
@@ -11,39 +16,200 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from span.models.layers import MaskDropout, keep_mask
 from span.models.position import position_encoding
 from span.models.sparse import WindowLayout, Windows
 
-
-def _blocks(t: torch.Tensor, windows: Windows) -> torch.Tensor:
-    """(N, H, dh) -> (W, side^2, H, dh), empty slots zero."""
-    padded = torch.cat([t, t.new_zeros((1, *t.shape[1:]))])
-    return padded[windows.index_map]
+#: Elements of one chunk's (windows, heads, side^2, side^2) logits: bounds the working memory.
+CHUNK_ELEMENTS = 1 << 20
 
 
-def _window_logits(q, k, windows: Windows, bias, extra_mask=None) -> torch.Tensor:
-    """Per-token logits over its window's slots: (N, H, side^2), -inf where masked."""
-    logits = torch.einsum("wqhd,wkhd->whqk", _blocks(q, windows), _blocks(k, windows))
+class _Partition:
+    """One window partition, processed in chunks of windows."""
+
+    def __init__(self, windows: Windows, duplicate: torch.Tensor | None, heads: int, part: int):
+        self.index_map, self.part = windows.index_map, part
+        s2 = self.index_map.shape[1]
+        self.per_chunk = max(1, CHUNK_ELEMENTS // (heads * s2 * s2))
+        self.n = len(windows.window)
+        self.duplicate = duplicate  # (N, side^2) keys already seen (shifted partition only)
+
+    def chunks(self):
+        """(number, token indices (c, side^2) clamped into range, key mask (c, s^2, s^2),
+        valid query slots (c, side^2)): empty slots point at token N - 1 and are masked."""
+        for number, start in enumerate(range(0, len(self.index_map), self.per_chunk)):
+            idx = self.index_map[start : start + self.per_chunk]
+            valid = idx < self.n
+            safe = idx.clamp(max=self.n - 1)
+            mask = ~valid[:, None, :]
+            if self.duplicate is not None:
+                mask = mask | self.duplicate[safe]
+            yield number, safe, mask, valid
+
+
+def _keep_mask(shape, p: float, seed: int, part: int, number: int, device):
+    """The dropout keep-mask of one chunk (and its rescale), regenerated identically in the
+    backward pass from (seed, partition, chunk)."""
+    if p == 0.0:
+        return None, 1.0
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed + 7919 * part + 104729 * number) % (2**63))
+    return keep_mask(shape, p, gen, device)
+
+
+def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(H, N, ...) head-major tensor, (c, side^2) indices -> (H, c, side^2, ...)."""
+    return t.index_select(1, idx.reshape(-1)).view(t.shape[0], *idx.shape, *t.shape[2:])
+
+
+class _Blocks:
+    """Window blocks of the head-major (3, H, N, dh) qkv; q and k rotated when RoPE is on."""
+
+    def __init__(self, qkv: torch.Tensor, position, cells: torch.Tensor | None) -> None:
+        self.qkv, self.position, self.cells = qkv, position, cells
+
+    def get(self, which: int, idx: torch.Tensor) -> torch.Tensor:
+        """(c, side^2) token indices -> (H, c, side^2, dh) block of q (0), k (1) or v (2)."""
+        t = _gather(self.qkv[which], idx)
+        if which < 2 and self.position.rotates:
+            t = self.position.rotate(t, self.cells[idx])
+        return t
+
+    def unrotate(self, grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
+        """(H, rows, dh) gradient w.r.t. rotated q or k -> w.r.t. the stored ones."""
+        if not self.position.rotates:
+            return grad
+        return self.position.rotate(grad, self.cells[flat], inverse=True)
+
+
+def _logits(blocks, idx, mask, bias, scale, qb=None, kb=None) -> torch.Tensor:
+    """Scaled, biased, masked window logits (H, c, side^2, side^2) of one chunk (a new tensor
+    the caller may modify in place)."""
+    qb = blocks.get(0, idx) if qb is None else qb
+    kb = blocks.get(1, idx) if kb is None else kb
+    s = (qb @ kb.transpose(-1, -2)).mul_(scale)
     if bias is not None:
-        logits = logits + bias
-    per_token = logits.permute(0, 2, 1, 3)[windows.window, windows.slot]  # (N, H, side^2)
-    mask = windows.empty[windows.window]
-    if extra_mask is not None:
-        mask = mask | extra_mask
-    return per_token.masked_fill(mask[:, None, :], float("-inf"))
+        s.add_(bias)
+    return s.masked_fill_(mask, float("-inf"))
 
 
-def _window_values(weights: torch.Tensor, v: torch.Tensor, windows: Windows) -> torch.Tensor:
-    """Weighted sums over each token's window: weights (N, H, side^2) -> (N, H, dh)."""
-    w, s2 = windows.index_map.shape
-    blocks = weights.new_zeros((w, s2, *weights.shape[1:]))
-    blocks = blocks.index_put((windows.window, windows.slot), weights)  # (W, side^2q, H, side^2k)
-    out = torch.einsum("wqhk,wkhd->wqhd", blocks, _blocks(v, windows))
-    return out[windows.window, windows.slot]
+def _merge(a, b):
+    """Combine two partial softmax results over disjoint key sets (online-softmax rule).
+    The first has a finite maximum for every row (a token always sees itself)."""
+    top = torch.maximum(a[0], b[0])
+    wa, wb = torch.exp(a[0] - top), torch.exp(b[0] - top)  # exp(-inf) = 0: no keys in b
+    return top, a[1] * wa + b[1] * wb, a[2] * wa[..., None] + b[2] * wb[..., None]
+
+
+class _WindowAttention(torch.autograd.Function):
+    """softmax over (regular window  U  shifted window  U  global tokens), then values.
+
+    Works on head-major (3, H, N, dh) qkv (blocks gather contiguously) and returns its
+    gradient in the same layout. The forward pass merges each chunk into running (max, sum,
+    output) per head and token, as online softmax does; the backward pass recomputes each
+    chunk's probabilities from the saved log-sum-exp. Global tokens get no position term.
+    """
+
+    @staticmethod
+    def forward(ctx, qkv, gqkv, bias, position, cells, partitions, scale, p, seed):
+        _, heads, n, dh = qkv.shape
+        blocks = _Blocks(qkv, position, cells)
+        stats = None  # running (max, sum of exp, unnormalised output) per head and token
+        if gqkv is not None:
+            s = (qkv[0] @ gqkv[1].transpose(-1, -2)) * scale  # (H, N, G)
+            top = s.amax(dim=-1)
+            e = torch.exp(s - top[..., None])
+            keep, rescale = _keep_mask(e.shape, p, seed, len(partitions), 0, qkv.device)
+            ed = e if keep is None else torch.where(keep, e, 0.0) * rescale
+            stats = (top, e.sum(-1), ed @ gqkv[2])
+        bias = None if bias is None else bias[:, None]
+        for part in partitions:  # each token sits in exactly one window of a partition
+            top = qkv.new_empty((heads, n))
+            total = qkv.new_empty((heads, n))
+            out = qkv.new_empty((heads, n, dh))
+            for number, idx, mask, valid in part.chunks():
+                e = _logits(blocks, idx, mask, bias, scale)  # (H, c, side^2, side^2)
+                m = e.amax(dim=-1)
+                e.sub_(torch.nan_to_num(m, neginf=0.0)[..., None]).exp_()  # in place: temporaries
+                keep, rescale = _keep_mask(e.shape, p, seed, part.part, number, qkv.device)
+                ed = e if keep is None else torch.where(keep, e, 0.0).mul_(rescale)
+                rows = valid.reshape(-1)
+                tokens = idx.reshape(-1)[rows]
+                top[:, tokens] = m.flatten(1)[:, rows]
+                total[:, tokens] = e.sum(-1).flatten(1)[:, rows]
+                out[:, tokens] = (ed @ blocks.get(2, idx)).flatten(1, 2)[:, rows]
+            stats = (top, total, out) if stats is None else _merge(stats, (top, total, out))
+        top, total, out = stats
+        out /= total[..., None]
+        lse = top + torch.log(total)
+        ctx.save_for_backward(qkv, gqkv, bias, cells, out, lse)
+        ctx.position, ctx.partitions, ctx.scale, ctx.p, ctx.seed = (
+            position,
+            partitions,
+            scale,
+            p,
+            seed,
+        )
+        return out
+
+    @staticmethod
+    def backward(ctx, d_out):
+        qkv, gqkv, bias, cells, out, lse = ctx.saved_tensors
+        scale, p, seed = ctx.scale, ctx.p, ctx.seed
+        blocks = _Blocks(qkv, ctx.position, cells)
+        d_out = d_out.contiguous()
+        delta = (d_out * out).sum(-1)  # (H, N): rowsum(dA * A) of the softmax backward
+        d_qkv = torch.zeros_like(qkv)
+        dbias = None if bias is None else torch.zeros_like(bias)
+        for part in ctx.partitions:
+            for number, idx, mask, valid in part.chunks():
+                qb, kb, vb = blocks.get(0, idx), blocks.get(1, idx), blocks.get(2, idx)
+                dob = _gather(d_out, idx)
+                a = _logits(blocks, idx, mask, bias, scale, qb, kb)
+                row_lse = torch.where(valid, _gather(lse, idx), float("inf"))
+                a.sub_(row_lse[..., None]).exp_()  # probabilities; empty query slots: 0
+                keep, rescale = _keep_mask(a.shape, p, seed, part.part, number, qkv.device)
+                ds = dob @ vb.transpose(-1, -2)  # d(dropped probabilities)
+                if keep is not None:
+                    ds = torch.where(keep, ds, 0.0).mul_(rescale)
+                ds.sub_(_gather(delta, idx)[..., None]).mul_(a)  # d(logits)
+                if keep is not None:
+                    a = torch.where(keep, a, 0.0).mul_(rescale)
+                flat = idx.reshape(-1)
+                d_qkv[2].index_add_(1, flat, (a.transpose(-1, -2) @ dob).flatten(1, 2))
+                if dbias is not None:
+                    dbias += ds.sum(1, keepdim=True)
+                ds.mul_(scale)
+                d_qkv[0].index_add_(1, flat, blocks.unrotate((ds @ kb).flatten(1, 2), flat))
+                d_qkv[1].index_add_(
+                    1, flat, blocks.unrotate((ds.transpose(-1, -2) @ qb).flatten(1, 2), flat)
+                )
+        d_gqkv = None
+        if gqkv is not None:
+            q, gk, gv = qkv[0], gqkv[1], gqkv[2]
+            s = (q @ gk.transpose(-1, -2)) * scale
+            a = torch.exp(s - lse[..., None])
+            keep, rescale = _keep_mask(a.shape, p, seed, len(ctx.partitions), 0, qkv.device)
+            da = d_out @ gv.transpose(-1, -2)
+            if keep is not None:
+                da = torch.where(keep, da, 0.0) * rescale
+            ds = a * (da - delta[..., None]) * scale
+            if keep is not None:
+                a = torch.where(keep, a, 0.0) * rescale
+            d_gqkv = torch.zeros_like(gqkv)
+            d_gqkv[1] = ds.transpose(-1, -2) @ q
+            d_gqkv[2] = a.transpose(-1, -2) @ d_out
+            d_qkv[0] += ds @ gk
+        dbias = None if dbias is None else dbias[:, 0]
+        return d_qkv, d_gqkv, dbias, None, None, None, None, None, None
 
 
 class SparseWindowAttention(nn.Module):
-    """Multi-head attention over window neighbourhoods plus global tokens."""
+    """Pre-norm multi-head attention over window neighbourhoods plus global tokens.
+
+    LayerNorm and the qkv projection are recomputed in the backward pass rather than keeping
+    the normalised input (the qkv output itself is kept by the kernel).
+    """
 
     def __init__(
         self,
@@ -60,15 +226,17 @@ class SparseWindowAttention(nn.Module):
             raise ValueError(f"embedding dim {dim} is not divisible by {heads} heads")
         self.heads, self.head_dim, self.side = heads, dim // heads, side
         self.scale = self.head_dim**-0.5
+        self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.attn_drop = nn.Dropout(attn_dropout)
-        self.proj_drop = nn.Dropout(proj_dropout)
+        self.attn_dropout = attn_dropout
+        self.proj_drop = MaskDropout(proj_dropout)
         self.position = position_encoding(position, heads, side, self.head_dim, rope_theta)
 
-    def project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        q, k, v = self.qkv(x).view(len(x), 3, self.heads, self.head_dim).unbind(1)
-        return q * self.scale, k, v
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) residual stream -> head-major (3, H, N, dh) unscaled queries, keys, values."""
+        qkv = self.qkv(self.norm(x)).view(len(x), 3, self.heads, self.head_dim)
+        return qkv.permute(1, 2, 0, 3).contiguous()
 
     def forward(
         self,
@@ -79,31 +247,33 @@ class SparseWindowAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (N, D) local tokens, tokens (G, D) global tokens or None -> updated (x, tokens)."""
         n, dim = x.shape
-        q, k, v = self.project(x)
-        q_pos, k_pos = self.position.rotate(q, grid), self.position.rotate(k, grid)
-        bias = self.position.block_bias()
-        parts = [_window_logits(q_pos, k_pos, layout.regular, bias)]
+        qkv = self.project(x)
+        partitions = [_Partition(layout.regular, None, self.heads, 0)]
         if layout.shifted is not None:
-            parts.append(_window_logits(q_pos, k_pos, layout.shifted, bias, layout.duplicate))
-        if tokens is not None:
-            gq, gk, gv = self.project(tokens)
-            parts.append(torch.einsum("nhd,ghd->nhg", q, gk))  # no position term
-        weights = self.attn_drop(torch.cat(parts, dim=-1).softmax(dim=-1))
-        s2 = self.side * self.side
-        out = _window_values(weights[..., :s2], v, layout.regular)
-        if layout.shifted is not None:
-            out = out + _window_values(weights[..., s2 : 2 * s2], v, layout.shifted)
+            partitions.append(_Partition(layout.shifted, layout.duplicate, self.heads, 1))
+        gqkv = None if tokens is None else self.project(tokens)
+        cells = (grid - grid.min(dim=0).values).float() if self.position.rotates else None
+        p = self.attn_dropout if self.training else 0.0
+        seed = int(torch.randint(0, 2**62, (1,))) if p > 0 else 0
+        out = _WindowAttention.apply(
+            qkv,
+            gqkv,
+            self.position.block_bias(),
+            self.position,
+            cells,
+            partitions,
+            self.scale,
+            p,
+            seed,
+        )  # (H, N, dh)
+        x_out = self.proj_drop(self.proj(out.transpose(0, 1).reshape(n, dim)))
         if tokens is None:
-            return self.proj_drop(self.proj(out.reshape(n, dim))), None
-        g = len(tokens)
-        out = out + torch.einsum("nhg,ghd->nhd", weights[..., -g:], gv)
-        # Global tokens attend to every token and to each other.
-        g_logits = torch.cat(
-            [torch.einsum("ghd,nhd->hgn", gq, k), torch.einsum("ghd,jhd->hgj", gq, gk)], dim=-1
-        )
-        g_weights = self.attn_drop(g_logits.softmax(dim=-1))
-        g_out = torch.einsum("hgn,nhd->ghd", g_weights[..., :n], v) + torch.einsum(
-            "hgj,jhd->ghd", g_weights[..., n:], gv
-        )
-        x_out = self.proj_drop(self.proj(out.reshape(n, dim)))
-        return x_out, self.proj_drop(self.proj(g_out.reshape(g, dim)))
+            return x_out, None
+        # Global tokens attend to every token and to each other (no position term).
+        gq, gk, gv = gqkv
+        g_logits = self.scale * torch.cat(
+            [gq @ qkv[1].transpose(-1, -2), gq @ gk.transpose(-1, -2)], dim=-1
+        )  # (H, G, N + G)
+        g_weights = nn.functional.dropout(g_logits.softmax(dim=-1), p, self.training)
+        g_out = g_weights[..., :n] @ qkv[2] + g_weights[..., n:] @ gv  # (H, G, dh)
+        return x_out, self.proj_drop(self.proj(g_out.transpose(0, 1).reshape(len(tokens), dim)))

@@ -1,0 +1,40 @@
+"""ABMIL (Ilse et al. 2018): attention-based deep MIL, plain or gated attention."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from span.models.base import MILModel, ModelOutput
+from span.models.layers import AttentionPool
+
+
+class InstanceEncoder(nn.Sequential):
+    """Linear(in, hidden) + ReLU + dropout: the instance embedding of ABMIL-family models."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float, bias: bool = True) -> None:
+        super().__init__(nn.Linear(in_dim, hidden, bias=bias), nn.ReLU(), nn.Dropout(dropout))
+
+
+class ABMIL(MILModel):
+    """Instances -> 512-d embedding -> attention pooling (128 hidden) -> linear classifier."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        hidden: int = 512,
+        attention_hidden: int = 128,
+        gated: bool = False,
+        dropout: float = 0.25,
+        grad_clip: float | None = None,
+    ) -> None:
+        super().__init__(grad_clip)
+        self.encoder = InstanceEncoder(in_dim, hidden, dropout)
+        self.pool = AttentionPool(hidden, attention_hidden, gated=gated)
+        self.classifier = nn.Linear(hidden, n_classes)
+
+    def forward(self, features: torch.Tensor, grid: torch.Tensor) -> ModelOutput:
+        h = self.encoder(features)
+        embedding, weights = self.pool(h)
+        return ModelOutput(self.classifier(embedding), weights, embedding)
