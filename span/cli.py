@@ -32,6 +32,7 @@ def _setup_logging(log_file: str | None) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every stage's subcommand registered."""
     from span.features import cli as features_cli
+    from span.models import cli as models_cli
     from span.slides import cli as slides_cli
 
     parser = argparse.ArgumentParser(
@@ -43,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     slides_cli.register(stages)
     features_cli.register(stages)
+    models_cli.register(stages)
     return parser
 
 

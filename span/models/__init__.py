@@ -10,11 +10,20 @@ from collections.abc import Callable
 
 from span.models.abmil import ABMIL
 from span.models.base import MILModel, ModelOutput
+from span.models.clam import CLAM_MB, CLAM_SB
+from span.models.dtfd import DTFD
+from span.models.mhim import MHIM
 from span.models.span import SPAN
+from span.models.transmil import TransMIL
 
 MODELS: dict[str, Callable[..., MILModel]] = {
     "span": SPAN,
     "abmil": ABMIL,
+    "clam_sb": CLAM_SB,
+    "clam_mb": CLAM_MB,
+    "dtfd": DTFD,
+    "mhim": MHIM,
+    "transmil": TransMIL,
 }
 
 

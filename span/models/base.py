@@ -36,9 +36,14 @@ class MILModel(nn.Module):
         self.class_weights = None if weights is None else weights.float()
 
     def classification_loss(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy of one slide's logits, class-weighted when weights are set."""
-        weight = None if self.class_weights is None else self.class_weights.to(logits.device)
-        return F.cross_entropy(logits.view(1, -1), label.view(1), weight=weight)
+        """Cross-entropy of one slide's logits, times its class's weight when weights are set.
+
+        (F.cross_entropy's `weight` would cancel out for a single slide: its mean reduction
+        divides by the weight of the one target.)"""
+        loss = F.cross_entropy(logits.view(1, -1), label.view(1))
+        if self.class_weights is None:
+            return loss
+        return loss * self.class_weights.to(logits.device)[label.view(())]
 
     def loss(self, output: ModelOutput, label: torch.Tensor, progress: float) -> torch.Tensor:
         """Training loss; `progress` in [0, 1] is the fraction of training done (schedules)."""

@@ -1,0 +1,132 @@
+"""DTFD-MIL (Zhang et al. 2022): double-tier feature distillation, after the public repository
+hrzhang1123/DTFD-MIL.
+
+Tier 1 shuffles a slide's instances into pseudo-bags, each attention-pooled and classified
+with the slide label; one feature per pseudo-bag (or two, MaxMinS) is distilled and tier 2
+classifies the slide from them. Loss = mean tier-1 CE + tier-2 CE.
+
+The reference trains the tiers with two Adam optimisers and backpropagates tier 2 through a
+graph the tier-1 step has changed in place (an error on current PyTorch). Here one optimiser
+steps both: the distilled features are detached, so tier 2 does not train tier 1 (in the
+reference those gradients are zeroed before use too), and every module the reference clips
+is its own `gradient_groups` entry, clipped to `grad_clip` (5 by default, as the reference).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from span.models.abmil import InstanceEncoder
+from span.models.base import MILModel, ModelOutput
+from span.models.layers import AttentionPool, AttentionScores
+
+DISTILL = ("AFS", "MaxS", "MaxMinS")
+
+
+def pseudo_bags(
+    n: int, groups: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
+    """Shuffle 0..n-1 and cut into min(groups, n) pseudo-bags whose sizes differ by at most
+    one (the first n % groups one larger, as np.array_split); CPU index tensors."""
+    if n < 1 or groups < 1:
+        raise ValueError(f"need n >= 1 instances and groups >= 1, got {n} and {groups}")
+    return list(torch.randperm(n, generator=generator).tensor_split(min(groups, n)))
+
+
+class DTFD(MILModel):
+    """Double-tier feature distillation MIL over one slide's features (grid unused)."""
+
+    def __init__(
+        self,
+        in_dim: int,
+        n_classes: int,
+        hidden: int = 512,
+        attention_hidden: int = 128,
+        num_groups: int = 4,
+        distill: str = "AFS",
+        seed: int | None = None,
+        grad_clip: float | None = 5.0,
+    ) -> None:
+        super().__init__(grad_clip)
+        if distill not in DISTILL:
+            raise ValueError(f"distill must be one of {DISTILL}, got {distill!r}")
+        if num_groups < 1:
+            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        self.num_groups, self.distill = num_groups, distill
+        # Shuffle source; None = torch's global RNG. Not saved with the weights.
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)
+        self.encoder = InstanceEncoder(in_dim, hidden, dropout=0.0, bias=False)
+        self.attention = AttentionScores(hidden, attention_hidden, 1, gated=True)
+        self.classifier = nn.Linear(hidden, n_classes)
+        self.tier2_pool = AttentionPool(hidden, attention_hidden, gated=True)
+        self.tier2_classifier = nn.Linear(hidden, n_classes)
+
+    def forward(self, features: torch.Tensor, grid: torch.Tensor) -> ModelOutput:
+        bags = pseudo_bags(len(features), self.num_groups, self.generator)
+        return self.forward_pseudo_bags(features, [b.to(features.device) for b in bags])
+
+    def forward_pseudo_bags(self, features: torch.Tensor, bags: list[torch.Tensor]) -> ModelOutput:
+        """Forward with given pseudo-bags (index tensors partitioning the instances).
+
+        patch_scores: each instance's tier-1 attention (a softmax within its pseudo-bag) times
+        the pseudo-bag's share of the slide, |bag| / N, so the scores sum to 1 over the slide
+        and uniform attention gives 1/N everywhere, whatever the bag sizes.
+        """
+        h = self.encoder(features)
+        scores = self.attention(h).squeeze(1)  # (N,), softmaxed per pseudo-bag below
+        patch_scores = scores.new_zeros(len(h))
+        sub_logits, distilled = [], []
+        for bag in bags:
+            weights = scores[bag].softmax(dim=0)
+            weighted = weights[:, None] * h[bag]
+            logits = self.classifier(weighted.sum(dim=0))
+            sub_logits.append(logits)
+            distilled.append(self._distil(h[bag], weighted, logits))
+            patch_scores[bag] = (weights * (len(bag) / len(h))).detach()
+        slide_feature, _ = self.tier2_pool(torch.cat(distilled).detach())
+        return ModelOutput(
+            self.tier2_classifier(slide_feature),
+            patch_scores,
+            slide_feature,
+            {"sub_logits": torch.stack(sub_logits)},
+        )
+
+    def _distil(
+        self, h: torch.Tensor, weighted: torch.Tensor, logits: torch.Tensor
+    ) -> torch.Tensor:
+        """One pseudo-bag's features for tier 2: (1, hidden), or (2, hidden) for MaxMinS."""
+        if self.distill == "AFS":
+            return weighted.sum(dim=0, keepdim=True)
+        # Instance CAM (the reference's get_cam_1d): tier-1 classifier weights, no bias, on
+        # the attention-weighted features; instances ranked by one class's probability.
+        probs = (weighted @ self.classifier.weight.T).softmax(dim=1)
+        ranked = probs[:, self.cam_class(logits)]
+        top = ranked.argmax().view(1)
+        if self.distill == "MaxS":
+            return h[top]
+        return h[torch.cat([top, ranked.argmin().view(1)])]
+
+    @staticmethod
+    def cam_class(logits: torch.Tensor) -> int:
+        """Class whose CAM probability ranks instances: binary, the positive class (as the
+        reference, which always ranks by the last class); else the pseudo-bag's prediction."""
+        return 1 if len(logits) == 2 else int(logits.argmax())
+
+    def loss(self, output: ModelOutput, label: torch.Tensor, progress: float) -> torch.Tensor:
+        """Mean tier-1 CE over the pseudo-bags (all labelled with the slide) + tier-2 CE."""
+        tier1 = torch.stack(
+            [self.classification_loss(logits, label) for logits in output.extras["sub_logits"]]
+        ).mean()
+        return tier1 + self.classification_loss(output.logits, label)
+
+    def gradient_groups(self) -> list[list[nn.Parameter]]:
+        """The modules the reference clips one by one: tier-1 encoder, attention and
+        classifier, and tier 2."""
+        modules = (
+            [self.encoder],
+            [self.attention],
+            [self.classifier],
+            [self.tier2_pool, self.tier2_classifier],
+        )
+        return [[p for m in group for p in m.parameters() if p.requires_grad] for group in modules]
