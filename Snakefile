@@ -13,6 +13,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/slides.smk"
 include: "workflow/rules/features.smk"
+include: "workflow/rules/training.smk"
+include: "workflow/rules/evaluation.smk"
 
 
 rule all:
@@ -21,3 +23,9 @@ rule all:
         f"{RESULTS}/qc/summary.tsv",
         expand(f"{RESULTS}/qc/{{slide}}.png", slide=PATCHED),
         expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
+        expand(f"{RESULTS}/{{experiment}}/report.md", experiment=EXPERIMENTS),
+        [
+            f"{RESULTS}/{experiment}/{variant}/predictions.csv"
+            for experiment, variants in EXPERIMENTS.items()
+            for variant in variants
+        ],

@@ -31,9 +31,12 @@ def _setup_logging(log_file: str | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every stage's subcommand registered."""
+    from span.data import cli as data_cli
+    from span.evaluation import cli as evaluation_cli
     from span.features import cli as features_cli
     from span.models import cli as models_cli
     from span.slides import cli as slides_cli
+    from span.training import cli as training_cli
 
     parser = argparse.ArgumentParser(
         prog="span",
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     stages = parser.add_subparsers(dest="stage", metavar="STAGE", required=True)
     slides_cli.register(stages)
     features_cli.register(stages)
+    data_cli.register(stages)
     models_cli.register(stages)
+    training_cli.register(stages)
+    evaluation_cli.register(stages)
     return parser
 
 

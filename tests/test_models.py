@@ -79,3 +79,9 @@ def test_span_models_lists_every_model():
     )
     rows = {line.split()[0]: line.split()[1] for line in res.stdout.splitlines()[1:]}
     assert set(rows) == set(MODELS) and rows["abmil"] == "0.59M"
+
+
+def test_torch_free_name_list_matches_the_registry():
+    from span.models.names import MODEL_NAMES
+
+    assert set(MODEL_NAMES) == set(MODELS)

@@ -1,6 +1,8 @@
 # Start-up checks and helpers shared by all rules: config and sample-sheet validation,
 # missing-input report, and the mapping from config sections to `span` CLI options.
 
+import json
+import os
 import re
 import shlex
 import sys
@@ -15,6 +17,7 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
 
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
+from span.models.names import MODEL_NAMES
 
 
 def _schema_error(exc):
@@ -74,6 +77,74 @@ def one_of(slide_ids):
     return "|".join(re.escape(s) for s in slide_ids) or "(?!)"
 
 
+LABELLED = sorted(sid for sid, s in SAMPLES.items() if s.label)
+SPLIT_KEY = "|".join(
+    f"{s.slide_id}:{s.patient}:{s.label}:{s.split}" for s in SAMPLES.values() if s.label
+)
+
+
+def _experiment(name, entries):
+    """Config list of variants -> {variant name: variant}, checked before any job runs."""
+    variants = {}
+    for entry in entries:
+        variant = {"hparams": {}, "teacher": None, **entry}
+        variant.setdefault("name", variant["model"])
+        where = f"invalid config, experiments.{name}.{variant['name']}"
+        if variant["model"] not in MODEL_NAMES:
+            raise WorkflowError(f"{where}: unknown model {variant['model']!r}; choose one of "
+                                f"{', '.join(MODEL_NAMES)}")
+        if variant["name"] in variants:
+            raise WorkflowError(f"{where}: two variants share this name; set `name:`")
+        variants[variant["name"]] = variant
+    for variant in variants.values():
+        if variant["teacher"] and variant["teacher"] not in variants:
+            raise WorkflowError(f"invalid config, experiments.{name}.{variant['name']}: "
+                                f"teacher {variant['teacher']!r} is not a variant of {name}")
+    return variants
+
+
+EXPERIMENTS = {name: _experiment(name, entries) for name, entries in config["experiments"].items()}
+SEEDS = config["seeds"]
+
+
+def features_dir(wildcards, input):
+    """The features folder, from the rule's inputs (no hard-coded prefix)."""
+    return os.path.dirname(input.features[0])
+
+
+def run_dir(experiment, variant, seed):
+    """Folder of one training run."""
+    return f"{RESULTS}/{experiment}/{variant}/seed{seed}"
+
+
+def teacher_inputs(w):
+    """The same-seed run of the variant's teacher (MHIM), if any."""
+    teacher = EXPERIMENTS[w.experiment][w.variant]["teacher"]
+    if not teacher:
+        return {}
+    return {
+        "teacher": f"{run_dir(w.experiment, teacher, w.seed)}/checkpoint.pt",
+        "teacher_metrics": f"{run_dir(w.experiment, teacher, w.seed)}/metrics.json",
+    }
+
+
+def train_hparams(w, input):
+    """The variant's hyperparameters, plus its teacher's checkpoint when it has one."""
+    hparams = dict(EXPERIMENTS[w.experiment][w.variant]["hparams"])
+    if "teacher" in input.keys():
+        hparams["teacher_checkpoint"] = input.teacher
+    return shlex.quote(json.dumps(hparams, sort_keys=True))
+
+
+def evaluation_runs(w):
+    """`--run VARIANT DIR...` options in the experiment's variant order (the first is the
+    reference)."""
+    return " ".join(
+        "--run " + " ".join([v, *(run_dir(w.experiment, v, s) for s in SEEDS)])
+        for v in EXPERIMENTS[w.experiment]
+    )
+
+
 def cli_options(section, skip=()):
     """Config section -> `--key value` options of a span subcommand (None = not passed)."""
     words = []
@@ -90,3 +161,6 @@ def cli_options(section, skip=()):
 
 wildcard_constraints:
     slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    experiment=one_of(EXPERIMENTS),
+    variant=one_of({v for variants in EXPERIMENTS.values() for v in variants}),
+    seed=r"\d+",

@@ -1,0 +1,249 @@
+"""Train/val/test splits of the labelled slides, made at the patient level (the paper's protocol).
+
+Protocol, applied by `make_splits`:
+
+* Only labelled slides are split; unlabeled slides are omitted from the rows (they are predicted
+  anyway). A slide without a patient is its own patient. A patient's label is the most frequent
+  label of its slides (ties: the class listed first in `classes`).
+* Official splits win: if every labelled slide has a sheet `split`, it is kept. If only some do,
+  that is an error. If the official split has no val slides, val is carved from the train
+  patients (`val_fraction`); test is never touched. A patient spanning sets is an error.
+* Without a split column: test = `test_fraction` of the patients, then val = `val_fraction` of
+  the remaining patients; the rest is train.
+* One cut of k patients out of n: k = round(fraction * n) (Python's round, half to even); if
+  fraction > 0 and n >= 2, k is clamped to [1, n - 1] so both sides keep a patient; if n < 2 or
+  fraction == 0, k = 0. With the default fractions, 3+ patients fill train, val and test.
+* A cut is stratified by patient label when every class present among its n patients has at least
+  2 patients and both k and n - k are at least the number of classes present (scikit-learn's
+  requirements); otherwise it is plain random and a warning says why.
+* Patients are sorted by id, then cut with scikit-learn's `train_test_split(random_state=seed)`:
+  the result depends only on (slide_id, patient, label, split) of the labelled slides, the
+  classes and the seed, never on row order or other columns.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from span.atomic import write_text_atomic
+from span.data.samplesheet import SPLITS, Sample
+from span.errors import SpanError
+
+COLUMNS = ("slide_id", "patient", "label", "split")
+
+# A patient group: (0, patient id) for a named patient, (1, slide_id) for a slide on its own, so a
+# slide id can never collide with a patient id.
+_Key = tuple[int, str]
+
+
+@dataclass(frozen=True)
+class SplitRow:
+    """One labelled slide and its set; `patient` is the sheet's value ('' = its own patient)."""
+
+    slide_id: str
+    patient: str
+    label: str
+    split: str
+
+
+def _key(s: Sample) -> _Key:
+    return (0, s.patient) if s.patient else (1, s.slide_id)
+
+
+def _name(key: _Key) -> str:
+    return f"patient {key[1]!r}" if key[0] == 0 else f"slide {key[1]!r}"
+
+
+def _cut_size(n: int, fraction: float) -> int:
+    """Patients cut out of `n`: round(fraction * n), clamped to [1, n - 1] when n >= 2."""
+    if n < 2 or fraction <= 0:
+        return 0
+    return min(max(round(fraction * n), 1), n - 1)
+
+
+def _cut(
+    keys: list[_Key],
+    labels: dict[_Key, str],
+    fraction: float,
+    seed: int,
+    what: str,
+    warnings: list[str],
+) -> tuple[list[_Key], list[_Key]]:
+    """Split sorted patient `keys` into (rest, cut), stratified when possible."""
+    from sklearn.model_selection import train_test_split
+
+    keys = sorted(keys)
+    k = _cut_size(len(keys), fraction)
+    if k == 0:
+        if fraction > 0:
+            warnings.append(
+                f"no {what} set: only {len(keys)} patient(s) to split (need at least 2)"
+            )
+        return keys, []
+    strata = [labels[key] for key in keys]
+    counts = Counter(strata)
+    rarest, fewest = min(sorted(counts.items()), key=lambda item: item[1])
+    reason = ""
+    if fewest < 2:
+        reason = f"class {rarest!r} has only {fewest} patient(s) (need at least 2 per class)"
+    elif min(k, len(keys) - k) < len(counts):
+        reason = (
+            f"a {k}/{len(keys) - k} patient cut cannot hold all {len(counts)} classes on both sides"
+        )
+    if reason:
+        warnings.append(f"{what} split is random, not stratified: {reason}")
+    rest, cut = train_test_split(
+        list(range(len(keys))), test_size=k, random_state=seed, stratify=None if reason else strata
+    )
+    return sorted(keys[i] for i in rest), sorted(keys[i] for i in cut)
+
+
+def _patient_labels(groups: dict[_Key, list[Sample]], classes: Sequence[str]) -> dict[_Key, str]:
+    """Each patient's most frequent slide label; ties go to the class listed first."""
+    order = {c: i for i, c in enumerate(classes)}
+    labels = {}
+    for key, slides in groups.items():
+        counts = Counter(s.label for s in slides)
+        labels[key] = min(counts, key=lambda c: (-counts[c], order[c]))
+    return labels
+
+
+def _check(labelled: list[Sample], classes: Sequence[str], fractions: dict[str, float]) -> None:
+    for name, value in fractions.items():
+        if not 0 <= value < 1:
+            raise SpanError(None, f"{name} is {value}", f"set {name} to a fraction in [0, 1)")
+    seen: set[str] = set()
+    for s in labelled:
+        if s.slide_id in seen:
+            raise SpanError(None, f"duplicate slide_id {s.slide_id!r}", "make slide ids unique")
+        seen.add(s.slide_id)
+        if s.label not in classes:
+            raise SpanError(
+                None,
+                f"label {s.label!r} of {s.slide_id!r} is not one of the classes {list(classes)}",
+                "fix the label or add the class",
+            )
+        if s.split and s.split not in SPLITS:
+            raise SpanError(
+                None,
+                f"split {s.split!r} of {s.slide_id!r} is not one of {SPLITS}",
+                "fix the sheet's split column",
+            )
+
+
+def _official(groups: dict[_Key, list[Sample]]) -> dict[_Key, str]:
+    """The sheet's split per patient; a patient whose slides are in several sets is an error."""
+    assigned = {}
+    for key, slides in sorted(groups.items()):
+        sets = sorted({s.split for s in slides})
+        if len(sets) > 1:
+            where = ", ".join(f"{s.slide_id}={s.split}" for s in sorted(slides, key=_slide_id))
+            raise SpanError(
+                None,
+                f"{_name(key)} has slides in several splits ({where})",
+                "put all slides of a patient in the same split (train, val or test)",
+            )
+        assigned[key] = sets[0]
+    return assigned
+
+
+def _slide_id(s: Sample) -> str:
+    return s.slide_id
+
+
+def make_splits(
+    samples: list[Sample],
+    classes: list[str],
+    seed: int = 42,
+    test_fraction: float = 1 / 3,
+    val_fraction: float = 0.15,
+) -> tuple[list[SplitRow], list[str]]:
+    """Assign every labelled slide to train/val/test at the patient level (see module doc).
+
+    Returns the rows sorted by slide_id (unlabeled slides omitted) and human-readable warnings.
+    """
+    labelled = sorted((s for s in samples if s.label), key=_slide_id)
+    _check(labelled, classes, {"test_fraction": test_fraction, "val_fraction": val_fraction})
+    warnings: list[str] = []
+    if not labelled:
+        return [], ["no labelled slides: nothing to split"]
+    groups: dict[_Key, list[Sample]] = defaultdict(list)
+    for s in labelled:
+        groups[_key(s)].append(s)
+    labels = _patient_labels(groups, classes)
+
+    with_split = [s.slide_id for s in labelled if s.split]
+    if with_split and len(with_split) < len(labelled):
+        without = [s.slide_id for s in labelled if not s.split]
+        shown = ", ".join(without[:5]) + (", ..." if len(without) > 5 else "")
+        raise SpanError(
+            None,
+            f"the sheet's split column is set for {len(with_split)} labelled slide(s) but empty "
+            f"for {len(without)} ({shown})",
+            "give every labelled slide a split (train, val or test), or leave the column empty "
+            "for all so the splits are made automatically",
+        )
+    if with_split:
+        assigned = _official(groups)
+        if "val" not in assigned.values() and "train" in assigned.values():
+            train = [key for key, split in assigned.items() if split == "train"]
+            _, val = _cut(train, labels, val_fraction, seed, "val", warnings)
+            assigned.update(dict.fromkeys(val, "val"))
+        warnings += [
+            f"the official split has no {x} slides"
+            for x in ("train", "test")
+            if x not in assigned.values()
+        ]
+    else:
+        rest, test = _cut(list(groups), labels, test_fraction, seed, "test", warnings)
+        train, val = _cut(rest, labels, val_fraction, seed, "val", warnings)
+        assigned = {
+            **dict.fromkeys(train, "train"),
+            **dict.fromkeys(val, "val"),
+            **dict.fromkeys(test, "test"),
+        }
+    rows = [SplitRow(s.slide_id, s.patient, s.label, assigned[_key(s)]) for s in labelled]
+    return rows, warnings
+
+
+def write_splits(rows: Sequence[SplitRow], path: str | Path) -> None:
+    """Write `splits.tsv` atomically: columns slide_id, patient, label, split; sorted by slide."""
+    lines = ["\t".join(COLUMNS)]
+    lines += [
+        "\t".join((r.slide_id, r.patient, r.label, r.split))
+        for r in sorted(rows, key=lambda r: r.slide_id)
+    ]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+
+
+def read_splits(path: str | Path) -> list[SplitRow]:
+    """Read a `splits.tsv` written by `write_splits` (rows in file order)."""
+    path = Path(path)
+    fix = "delete the file and re-run the pipeline so the splits are made again"
+    if not path.is_file():
+        raise SpanError(path, "splits file not found", "run the pipeline's split step first")
+    with path.open(newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if header is None or [c.strip() for c in header] != list(COLUMNS):
+            raise SpanError(path, f"not a splits file (header {header!r})", fix)
+        rows: list[SplitRow] = []
+        seen: set[str] = set()
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            line = reader.line_num
+            if len(row) != len(COLUMNS):
+                raise SpanError(path, f"line {line}: expected {len(COLUMNS)} columns", fix)
+            slide_id, split = row[0].strip(), row[3].strip()
+            if not slide_id or split not in SPLITS:
+                raise SpanError(path, f"line {line}: bad slide_id or split {split!r}", fix)
+            if slide_id in seen:
+                raise SpanError(path, f"line {line}: duplicate slide_id {slide_id!r}", fix)
+            seen.add(slide_id)
+            rows.append(SplitRow(slide_id, row[1].strip(), row[2].strip(), split))
+    return rows

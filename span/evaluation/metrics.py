@@ -1,0 +1,199 @@
+"""Slide-level classification metrics with explicit reasons when a metric is undefined.
+
+Predictions are the arg-max of the class probabilities. AUCs are Mann-Whitney (midrank) AUCs:
+binary = the last class (the positive) against the first; C > 2 = macro mean of the one-vs-rest
+AUCs. An undefined metric is NaN and `reasons[name]` says why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from scipy.stats import rankdata
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+
+# At least this fraction of the bootstrap resamples must give a defined metric.
+MIN_VALID_FRACTION = 0.5
+
+
+def check_inputs(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Validate shapes and values; return (int labels, float probabilities [N, C])."""
+    y = np.asarray(y_true)
+    p = np.asarray(probs, dtype=float)
+    if p.ndim != 2 or p.shape[1] < 2:
+        raise ValueError(f"probs must be [N, C] with C >= 2, got shape {p.shape}")
+    if y.ndim != 1 or y.shape[0] != p.shape[0]:
+        raise ValueError(f"y_true must be [N] with N = {p.shape[0]}, got shape {y.shape}")
+    if y.size == 0:
+        raise ValueError("no slides to evaluate")
+    if not np.issubdtype(y.dtype, np.integer):
+        if not np.all(np.equal(np.mod(y, 1), 0)):
+            raise ValueError("y_true must hold integer class indices")
+        y = y.astype(int)
+    if y.min() < 0 or y.max() >= p.shape[1]:
+        raise ValueError(f"y_true holds class indices outside 0..{p.shape[1] - 1}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("probs holds NaN or infinite values")
+    return y.astype(int), p
+
+
+def binary_auc(positive: np.ndarray, scores: np.ndarray) -> tuple[float, str | None]:
+    """Midrank (Mann-Whitney) AUC for a boolean `positive` mask; NaN + reason if a side is empty."""
+    positive = np.asarray(positive, dtype=bool)
+    m = int(positive.sum())
+    n = positive.size - m
+    if m == 0:
+        return float("nan"), "no positive slides"
+    if n == 0:
+        return float("nan"), "no negative slides"
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - m * (m + 1) / 2) / (m * n)), None
+
+
+def _confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
+    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(
+        n_classes, n_classes
+    )
+
+
+def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Fraction of slides whose arg-max class is the true class."""
+    return float(np.mean(np.argmax(probs, axis=1) == y_true))
+
+
+def balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Mean recall over the classes present in y_true (as scikit-learn)."""
+    cm = _confusion(y_true, np.argmax(probs, axis=1), probs.shape[1])
+    support = cm.sum(axis=1)
+    present = support > 0
+    return float(np.mean(np.diag(cm)[present] / support[present]))
+
+
+def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Unweighted mean F1 over all C classes; a class never true nor predicted scores 0."""
+    cm = _confusion(y_true, np.argmax(probs, axis=1), probs.shape[1])
+    tp = np.diag(cm).astype(float)
+    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2 tp + fp + fn
+    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    return float(np.mean(f1))
+
+
+def class_auc(k: int) -> MetricFn:
+    """One-vs-rest AUC of class k (NaN when undefined)."""
+
+    def _auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+        return binary_auc(y_true == k, probs[:, k])[0]
+
+    return _auc
+
+
+def auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """Binary: AUC of the last class; C > 2: macro one-vs-rest AUC (NaN if any class is absent)."""
+    n_classes = probs.shape[1]
+    if n_classes == 2:
+        return binary_auc(y_true == 1, probs[:, 1])[0]
+    return float(np.mean([binary_auc(y_true == k, probs[:, k])[0] for k in range(n_classes)]))
+
+
+def metric_function(metric: str | MetricFn) -> MetricFn:
+    """Resolve a metric name (accuracy, balanced_accuracy, macro_f1, auc, auc_<k>) or callable."""
+    if callable(metric):
+        return metric
+    named: dict[str, MetricFn] = {
+        "accuracy": accuracy,
+        "balanced_accuracy": balanced_accuracy,
+        "macro_f1": macro_f1,
+        "auc": auc,
+    }
+    if metric in named:
+        return named[metric]
+    if metric.startswith("auc_") and metric[4:].isdigit():
+        return class_auc(int(metric[4:]))
+    raise ValueError(f"unknown metric {metric!r}; use {sorted(named)} or auc_<class index>")
+
+
+def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
+    """accuracy, balanced_accuracy, macro_f1, auc, per-class auc_<k>; NaNs explained in reasons."""
+    y, p = check_inputs(y_true, probs)
+    n_classes = p.shape[1]
+    reasons: dict[str, str] = {}
+    out: dict = {
+        "n_slides": int(y.size),
+        "accuracy": accuracy(y, p),
+        "balanced_accuracy": balanced_accuracy(y, p),
+        "macro_f1": macro_f1(y, p),
+    }
+    absent = [k for k in range(n_classes) if not np.any(y == k)]
+    if absent:
+        reasons["balanced_accuracy"] = f"averaged over the classes present (absent: {absent})"
+    per_class = {}
+    for k in range(n_classes):
+        value, why = binary_auc(y == k, p[:, k])
+        per_class[f"auc_{k}"] = value
+        if why is not None:
+            reasons[f"auc_{k}"] = f"class {k} one-vs-rest AUC undefined: {why}"
+    if n_classes == 2:
+        out["auc"] = per_class["auc_1"]
+        if "auc_1" in reasons:
+            reasons["auc"] = "AUC undefined: " + (
+                "class 0 absent" if 0 in absent else "class 1 absent"
+            )
+    else:
+        undefined = [k for k in range(n_classes) if np.isnan(per_class[f"auc_{k}"])]
+        out["auc"] = float("nan") if undefined else float(np.mean(list(per_class.values())))
+        if undefined:
+            reasons["auc"] = (
+                f"macro AUC undefined: one-vs-rest AUC undefined for classes {undefined}"
+            )
+    out.update(per_class)
+    out["reasons"] = reasons
+    return out
+
+
+def bootstrap_distribution(
+    y_true: np.ndarray, probs: np.ndarray, metric: str | MetricFn, n: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """Metric values on `n` resamples of the slides with replacement (NaN where undefined)."""
+    y, p = check_inputs(y_true, probs)
+    fn = metric_function(metric)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, y.size, size=(n, y.size))
+    return np.array([fn(y[i], p[i]) for i in idx], dtype=float)
+
+
+def bootstrap_ci_detail(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    metric: str | MetricFn,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float, int, str | None]:
+    """Percentile bootstrap CI as (low, high, valid resamples, reason); NaNs + reason if n/a."""
+    if n < 1 or not 0 < alpha < 1:
+        raise ValueError("need n >= 1 and 0 < alpha < 1")
+    values = bootstrap_distribution(y_true, probs, metric, n=n, seed=seed)
+    valid = values[np.isfinite(values)]
+    if valid.size < max(2, MIN_VALID_FRACTION * n):
+        reason = (
+            f"only {valid.size} of {n} bootstrap resamples had a defined metric "
+            f"(need {MIN_VALID_FRACTION:.0%})"
+        )
+        return float("nan"), float("nan"), int(valid.size), reason
+    low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
+    return float(low), float(high), int(valid.size), None
+
+
+def bootstrap_ci(
+    y_true: np.ndarray,
+    probs: np.ndarray,
+    metric: str | MetricFn,
+    n: int = 1000,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
+    """Percentile bootstrap (1 - alpha) CI over slides; (NaN, NaN) if too few resamples valid."""
+    low, high, _, _ = bootstrap_ci_detail(y_true, probs, metric, n=n, seed=seed, alpha=alpha)
+    return low, high

@@ -1,0 +1,112 @@
+"""`span predict`: class probabilities of every slide with features (labelled or not), per
+seed and averaged over seeds, and attention heatmaps from the seed-averaged patch scores."""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from span.atomic import write_text_atomic
+from span.data.samplesheet import load_sample_sheet
+from span.evaluation.heatmap import render_heatmap
+from span.features.extract import resolve_device
+from span.h5io import open_h5, read_attrs
+from span.models import build_model
+from span.slides.qc import write_png
+from span.training.bags import Bag, inspect_cohort, load_bag
+
+log = logging.getLogger(__name__)
+
+
+def run_prediction(
+    samples_tsv: Path,
+    classes: list[str],
+    features_dir: Path,
+    model_name: str,
+    hparams: dict,
+    run_dirs: list[Path],
+    out_csv: Path,
+    heatmap_dir: Path | None = None,
+    max_side: int = 1200,
+    device: str = "auto",
+) -> None:
+    """Predict every slide of the sheet with each run's best checkpoint; write the CSV (rows
+    per seed, then `mean`) and, with `heatmap_dir`, one PNG per slide that has a slide file."""
+    samples = load_sample_sheet(samples_tsv, classes)
+    bags = [
+        Bag(
+            s.slide_id,
+            features_dir / f"{s.slide_id}.h5",
+            classes.index(s.label) if s.label else None,
+        )
+        for s in samples
+    ]
+    cohort = inspect_cohort(bags)
+    gone = {slide for slide, _ in cohort.excluded}
+    bags = [b for b in bags if b.slide_id not in gone]
+    dev = resolve_device(device)
+    probs = np.zeros((len(run_dirs), len(bags), len(classes)))
+    scores: dict[str, np.ndarray] = {}
+    grids: dict[str, np.ndarray] = {}
+    for r, run in enumerate(run_dirs):
+        model = build_model(model_name, cohort.feature_dim, len(classes), **hparams).to(dev)
+        model.load_state_dict(
+            torch.load(run / "checkpoint.pt", map_location=dev, weights_only=True)
+        )
+        model.eval()
+        with torch.no_grad():
+            for b, bag in enumerate(bags):
+                features, grid = load_bag(bag, cohort.feature_dim, dev)
+                grids[bag.slide_id] = grid.cpu().numpy()
+                out = model(features, grid)
+                probs[r, b] = out.logits.float().softmax(-1).cpu().numpy()
+                patch = out.patch_scores.float().cpu().numpy() / len(run_dirs)
+                scores[bag.slide_id] = scores.get(bag.slide_id, 0) + patch
+    _write_predictions(out_csv, bags, probs, [d.name for d in run_dirs], classes)
+    for slide, reason in cohort.excluded:
+        log.warning("%s: no prediction (%s)", slide, reason)
+    if heatmap_dir is None:
+        return
+    paths = {s.slide_id: s.path for s in samples}
+    for bag in bags:
+        if not paths[bag.slide_id]:
+            continue
+        image = render_heatmap(
+            paths[bag.slide_id],
+            grids[bag.slide_id],
+            patch_size_level0(bag.features),
+            scores[bag.slide_id],
+            max_side,
+        )
+        write_png(heatmap_dir / f"{bag.slide_id}.png", image)
+
+
+def patch_size_level0(features: Path) -> int:
+    """The level-0 patch side recorded in a features file (attributes only)."""
+    with open_h5(features, "re-run feature extraction for this slide") as f:
+        return int(read_attrs(f)["patch_size_level0"])
+
+
+def _write_predictions(path, bags, probs, run_names, classes) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["slide_id", "label", "run", *(f"prob_{c}" for c in classes), "predicted"])
+    runs = [*zip(run_names, probs, strict=True), ("mean", probs.mean(axis=0))]
+    for name, table in runs:
+        for bag, row in zip(bags, table, strict=True):
+            label = "" if bag.label is None else classes[bag.label]
+            writer.writerow(
+                [
+                    bag.slide_id,
+                    label,
+                    name,
+                    *(f"{p:.6f}" for p in row),
+                    classes[int(np.argmax(row))],
+                ]
+            )
+    write_text_atomic(path, buf.getvalue())

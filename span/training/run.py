@@ -1,0 +1,115 @@
+"""`span train`: one model variant, one seed, on a cohort's splits and features."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+import span
+from span.data.splits import read_splits
+from span.errors import SpanError
+from span.features.extract import resolve_device
+from span.memory import reduce_heap_fragmentation
+from span.models import build_model
+from span.training.bags import Bag, inspect_cohort
+from span.training.trainer import (
+    TrainConfig,
+    predict,
+    seed_everything,
+    train_model,
+    write_json,
+    write_predictions,
+)
+
+log = logging.getLogger(__name__)
+
+
+def split_bags(splits_tsv: Path, features_dir: Path, classes: list[str]) -> dict[str, list[Bag]]:
+    """Bags of the train, val and test sets; features at `<features_dir>/<slide_id>.h5`."""
+    sets: dict[str, list[Bag]] = {"train": [], "val": [], "test": []}
+    for row in read_splits(splits_tsv):
+        if row.label not in classes:
+            raise SpanError(
+                splits_tsv,
+                f"label {row.label!r} of {row.slide_id} is not one of {classes}",
+                "re-run the split step after fixing the sample sheet",
+            )
+        bag = Bag(row.slide_id, features_dir / f"{row.slide_id}.h5", classes.index(row.label))
+        sets[row.split].append(bag)
+    return sets
+
+
+def device_description(device: torch.device) -> str:
+    """`cuda:0 (NVIDIA H100 ...)` or `cpu (2 threads)`."""
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def run_training(
+    splits_tsv: Path,
+    features_dir: Path,
+    classes: list[str],
+    model_name: str,
+    hparams: dict,
+    variant: str,
+    config: TrainConfig,
+    out_dir: Path,
+    device: str = "auto",
+    add_runtime_of: Path | None = None,
+) -> dict:
+    """Train, keep the best checkpoint, predict the test set; returns `metrics.json`'s content."""
+    reduce_heap_fragmentation()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    sets = split_bags(splits_tsv, features_dir, classes)
+    cohort = inspect_cohort([b for bags in sets.values() for b in bags])
+    gone = {slide for slide, _ in cohort.excluded}
+    for slide, reason in cohort.excluded:
+        log.warning("%s excluded from training and evaluation: %s", slide, reason)
+    sets = {name: [b for b in bags if b.slide_id not in gone] for name, bags in sets.items()}
+    if not sets["train"]:
+        raise SpanError(splits_tsv, "no training slide with tissue patches", "check the splits")
+    if not sets["val"]:
+        log.warning("no validation slides: the last epoch's model is kept")
+    seed_everything(config.seed)
+    try:
+        model = build_model(model_name, cohort.feature_dim, len(classes), **hparams)
+    except ValueError as exc:
+        raise SpanError(None, str(exc), "fix the variant in the experiments config") from exc
+    dev = resolve_device(device)
+    summary = train_model(
+        model, sets["train"], sets["val"], cohort.feature_dim, len(classes), config, out_dir, dev
+    )
+    model.load_state_dict(
+        torch.load(out_dir / "checkpoint.pt", map_location=dev, weights_only=True)
+    )
+    probs = predict(model, sets["test"], cohort.feature_dim, dev)
+    write_predictions(out_dir / "test_predictions.csv", sets["test"], probs, classes)
+    metrics = {
+        "model": model_name,
+        "variant": variant,
+        "seed": config.seed,
+        "hparams": hparams,
+        "training": config.__dict__,
+        "device": device_description(dev),
+        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "feature_dim": cohort.feature_dim,
+        "encoder": cohort.encoder,
+        "encoder_weights": cohort.weights,
+        "slides": {name: len(bags) for name, bags in sets.items()},
+        "excluded": cohort.excluded,
+        "software": f"span-wsi {span.__version__}",
+        **summary,
+    }
+    if add_runtime_of is not None:
+        other = json.loads(Path(add_runtime_of).read_text())
+        metrics["runtime_per_epoch_s"] += other["runtime_per_epoch_s"]
+        metrics["runtime_note"] = (
+            f"includes training its teacher ({other['variant']}, same seed): "
+            f"{other['runtime_per_epoch_s']:.2f} s per epoch, as in the paper"
+        )
+    write_json(out_dir / "metrics.json", metrics)
+    return metrics

@@ -1,0 +1,233 @@
+"""Training one model variant with one seed: AdamW, early stopping on validation AUC, the
+best checkpoint, per-epoch history, test predictions and run metrics.
+
+The loop has no model-specific branch: everything a method needs happens behind the model
+contract (`loss`, `after_step`, `clip_gradients`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
+
+from span.atomic import atomic_output, write_text_atomic
+from span.memory import peak_rss_mb, reset_peak_rss
+from span.models.base import MILModel
+from span.training.bags import Bag, load_bag
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The training protocol (the paper's values as defaults)."""
+
+    epochs: int = 50
+    patience: int = 10
+    lr: float = 1e-4
+    weight_decay: float = 5e-5
+    class_weighted: bool = False
+    cosine: bool = False
+    seed: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    """Same seed, same run on CPU: torch's generators (all the models draw from) and
+    deterministic kernels."""
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Validation AUC: binary (last class positive) or macro one-vs-rest; NaN if undefined."""
+    if len(np.unique(labels)) < 2:
+        return math.nan
+    if probs.shape[1] == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    present = np.unique(labels)
+    scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
+    return float(np.mean(scores))
+
+
+@torch.no_grad()
+def predict(model: MILModel, bags: list[Bag], feature_dim: int, device) -> np.ndarray:
+    """Class probabilities (len(bags), C), one slide at a time, eval mode."""
+    model.eval()
+    out = []
+    for bag in bags:
+        features, grid = load_bag(bag, feature_dim, device)
+        out.append(model(features, grid).logits.float().softmax(-1).cpu().numpy())
+    return np.stack(out) if out else np.zeros((0, 0))
+
+
+def _class_weights(bags: list[Bag], n_classes: int) -> torch.Tensor:
+    """Inverse class frequency, normalised to mean 1 over the classes present."""
+    counts = np.bincount([b.label for b in bags], minlength=n_classes).astype(float)
+    weights = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / n_classes, 0.0)
+    return torch.tensor(weights, dtype=torch.float32)
+
+
+@dataclass
+class EpochRecord:
+    """One line of history.csv."""
+
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_auc: float
+    val_accuracy: float
+    lr: float
+    seconds_train: float
+    seconds_val: float
+
+
+def _is_better(auc: float, loss: float, best: tuple[float, float] | None) -> bool:
+    """Higher validation AUC wins; ties (or undefined AUCs) go to the lower validation loss."""
+    if best is None:
+        return True
+    best_auc, best_loss = best
+    if math.isnan(auc) or math.isnan(best_auc) or auc == best_auc:
+        return loss < best_loss
+    return auc > best_auc
+
+
+def train_model(
+    model: MILModel,
+    train_bags: list[Bag],
+    val_bags: list[Bag],
+    feature_dim: int,
+    n_classes: int,
+    config: TrainConfig,
+    out_dir: Path,
+    device: torch.device,
+) -> dict:
+    """Train with early stopping; write `checkpoint.pt` (best state dict) and `history.csv`.
+
+    Returns a summary (epochs, best epoch, runtime per epoch, peak memory)."""
+    model.to(device)
+    if config.class_weighted:
+        model.set_class_weights(_class_weights(train_bags, n_classes))
+    optimiser = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = (
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
+        if config.cosine
+        else None
+    )
+    order = torch.Generator().manual_seed(config.seed)
+    val_labels = np.array([b.label for b in val_bags])
+    history: list[EpochRecord] = []
+    best, best_epoch, stale = None, 0, 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    reset_peak_rss()
+    for epoch in range(1, config.epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        losses = []
+        permutation = torch.randperm(len(train_bags), generator=order).tolist()
+        for step, index in enumerate(permutation):
+            bag = train_bags[index]
+            features, grid = load_bag(bag, feature_dim, device)
+            progress = (epoch - 1 + step / len(train_bags)) / config.epochs
+            loss = model.loss(
+                model(features, grid), torch.tensor(bag.label, device=device), progress
+            )
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            model.clip_gradients()
+            optimiser.step()
+            model.after_step()
+            losses.append(loss.item())
+        lr = optimiser.param_groups[0]["lr"]
+        if scheduler is not None:
+            scheduler.step()
+        t1 = time.perf_counter()
+        probs = predict(model, val_bags, feature_dim, device)
+        val_loss = (
+            float(
+                F.nll_loss(
+                    torch.log(torch.from_numpy(probs).clamp_min(1e-12)),
+                    torch.from_numpy(val_labels),
+                ).item()
+            )
+            if len(val_bags)
+            else math.nan
+        )
+        auc = macro_auc(val_labels, probs) if len(val_bags) else math.nan
+        acc = float((probs.argmax(1) == val_labels).mean()) if len(val_bags) else math.nan
+        record = EpochRecord(
+            epoch, float(np.mean(losses)), val_loss, auc, acc, lr, t1 - t0, time.perf_counter() - t1
+        )
+        history.append(record)
+        log.info(
+            "epoch %d: train loss %.4f, val loss %.4f, val AUC %.4f, val acc %.3f",
+            epoch,
+            record.train_loss,
+            val_loss,
+            auc,
+            acc,
+        )
+        if not val_bags or _is_better(auc, val_loss, best):
+            best, best_epoch, stale = (auc, val_loss), epoch, 0
+            with atomic_output(out_dir / "checkpoint.pt") as tmp:
+                torch.save(model.state_dict(), tmp)
+        else:
+            stale += 1
+            if stale >= config.patience:
+                log.info("early stop after epoch %d (best epoch %d)", epoch, best_epoch)
+                break
+    _write_history(out_dir / "history.csv", history)
+    if device.type == "cuda":
+        peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
+    else:
+        peak, kind = peak_rss_mb(), "peak RSS (CPU)"
+    per_epoch = [r.seconds_train + r.seconds_val for r in history]
+    return {
+        "epochs_run": len(history),
+        "best_epoch": best_epoch,
+        "best_val_auc": best[0],
+        "best_val_loss": best[1],
+        "runtime_per_epoch_s": float(np.mean(per_epoch)),
+        "runtime_total_s": float(np.sum(per_epoch)),
+        "peak_memory_mb": peak,
+        "peak_memory_kind": kind,
+    }
+
+
+def _write_history(path: Path, history: list[EpochRecord]) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, list(asdict(history[0])), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(asdict(r) for r in history)
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_predictions(path: Path, bags: list[Bag], probs: np.ndarray, classes: list[str]) -> None:
+    """`slide_id, label, prob_<class>...` for the given slides (label empty when unknown)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["slide_id", "label", *(f"prob_{c}" for c in classes)])
+    for bag, row in zip(bags, probs, strict=True):
+        label = "" if bag.label is None else classes[bag.label]
+        writer.writerow([bag.slide_id, label, *(f"{p:.6f}" for p in row)])
+    write_text_atomic(path, buf.getvalue())
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Pretty JSON, atomically."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,204 @@
+"""The results report on synthetic prediction directories (3 variants x 3 seeds)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.image import imread
+
+from span.errors import SpanError
+from span.evaluation.report import discover_variants, write_report
+
+QUALITY = {"abmil": 1.0, "mhim": 0.6, "span": 1.6}
+
+
+def _write_run(
+    seed_dir: Path, variant: str, seed: int, y: np.ndarray, classes: list[str], weights: str
+) -> None:
+    rng = np.random.default_rng([list(QUALITY).index(variant), seed])
+    logits = rng.normal(size=(len(y), len(classes))) + QUALITY[variant] * np.eye(len(classes))[y]
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    seed_dir.mkdir(parents=True)
+    df = pd.DataFrame(
+        {"slide_id": [f"s{i:03d}" for i in range(len(y))], "label": np.array(classes)[y]}
+    )
+    for k, c in enumerate(classes):
+        df[f"prob_{c}"] = probs[:, k]
+    df.sample(frac=1, random_state=seed).to_csv(seed_dir / "test_predictions.csv", index=False)
+    info = {
+        "model": variant,
+        "variant": variant,
+        "seed": seed,
+        "device": "cpu (test)",
+        "parameters": 590_000 if variant != "span" else 2_370_000,
+        "runtime_per_epoch_s": 3.0 + seed * 0.1,
+        "peak_memory_mb": 1900.0 + seed,
+        "peak_memory_kind": "peak RSS (CPU)",
+        "encoder_weights": weights,
+    }
+    if variant == "span":
+        info["excluded"] = [["s998", "no tissue patches"]]
+    if variant == "mhim":
+        info["runtime_note"] = "includes the training of its teacher"
+    (seed_dir / "metrics.json").write_text(json.dumps(info))
+
+
+def _experiment(tmp: Path, classes: list[str], weights: str = "imagenet") -> dict[str, list[Path]]:
+    y = np.random.default_rng(len(classes)).integers(0, len(classes), 60)
+    for variant in QUALITY:
+        for seed in range(3):
+            _write_run(tmp / "exp" / variant / f"seed{seed}", variant, seed, y, classes, weights)
+    return discover_variants(tmp / "exp")
+
+
+@pytest.mark.parametrize("classes", [["normal", "tumor"], ["Negative", "Atypical", "Positive"]])
+def test_report_binary_and_multiclass(tmp_path: Path, classes: list[str]) -> None:
+    variants = _experiment(tmp_path, classes, weights="random")
+    assert list(variants) == ["abmil", "mhim", "span"] and all(
+        len(v) == 3 for v in variants.values()
+    )
+    out = write_report(
+        tmp_path / "report",
+        "demo-exp",
+        variants,
+        "span",
+        classes,
+        cohort="demo",
+        excluded=[("s999", "no tissue found")],
+        n_bootstrap=100,
+    )
+    df = pd.read_csv(out["results_csv"])
+    assert list(df["variant"]) == ["abmil", "mhim", "span"]
+    assert (df["n_seeds"] == 3).all()
+    p_cols = [c for c in df.columns if c.startswith("p_")]
+    assert {"p_ttest_accuracy", "p_ttest_auc", "p_delong"} <= set(p_cols)
+    for _, row in df.iterrows():
+        for col in p_cols:
+            if math.isnan(row[col]):
+                assert col in row["notes"] or "p-values: reference" in row["notes"]
+            else:
+                assert 0 <= row[col] <= 1
+        assert row["accuracy_ci_low"] <= row["seed_avg_accuracy"] <= row["accuracy_ci_high"]
+    ref = df.set_index("variant").loc["span"]
+    assert "reference" in ref["notes"]
+    if len(classes) == 3:
+        assert {f"auc_{c}_mean" for c in classes} <= set(df.columns)
+        assert {f"p_delong_{c}" for c in classes} <= set(p_cols)
+        assert df["notes"].str.contains("DeLong is defined for binary").sum() == 2
+    else:
+        assert df.loc[df["variant"] != "span", "p_delong"].between(0, 1).all()
+
+    md = out["results_md"].read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| Method"))
+    for col in ["Accuracy", "p-value", "Runtime", "Parameter Size", "Memory Use"]:
+        assert col in header
+    aucs = ["AUC"] if len(classes) == 2 else [f"AUC ({c})" for c in classes]
+    assert all(a in header for a in aucs)
+    rows = [line for line in md.splitlines() if line.startswith("| ") and "Method" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["ABMIL", "MHIM", "SPAN"]
+    assert rows[2].split("|")[len(aucs) + 3].strip() == "-"
+    assert " ± " in rows[0] and "2.37M" in rows[2] and "includes the training of its teacher" in md
+
+    report = out["report_md"].read_text()
+    first = next(line for line in report.splitlines() if line.strip())
+    assert "WARNING" in first and "randomly initialised encoder" in first
+    assert "![ROC curves](roc.png)" in report and "s999" in report and "no tissue found" in report
+    assert "<details>" in report and "Per-seed" in report
+    image = imread(out["roc_png"])
+    assert image.ndim == 3 and image.shape[0] > 100
+    per_seed = pd.read_csv(out["results_per_seed_csv"])
+    assert len(per_seed) == 9
+    assert not list((tmp_path / "report").glob(".*tmp*"))
+
+
+def test_no_warning_with_pretrained_weights(tmp_path: Path) -> None:
+    variants = _experiment(tmp_path, ["a", "b"])
+    out = write_report(tmp_path / "r", "e", variants, "span", ["a", "b"], n_bootstrap=50)
+    report = out["report_md"].read_text()
+    assert "WARNING" not in report
+    assert "| s998 | no tissue patches |" in report  # from metrics.json
+    out = write_report(
+        tmp_path / "r", "e", variants, "span", ["a", "b"], excluded=[], n_bootstrap=5
+    )
+    assert "Excluded slides\n\nNone." in out["report_md"].read_text()
+
+
+def test_one_seed_and_undefined_auc(tmp_path: Path) -> None:
+    classes = ["a", "b", "c"]
+    variants = _experiment(tmp_path, classes)
+    for d in [d for dirs in variants.values() for d in dirs]:  # drop class c from the test set
+        f = d / "test_predictions.csv"
+        df = pd.read_csv(f)
+        df.loc[df["label"] == "c", "label"] = "a"
+        df.to_csv(f, index=False)
+    variants = {k: v[:1] for k, v in variants.items()}
+    out = write_report(tmp_path / "r", "e", variants, "span", classes, n_bootstrap=50)
+    df = pd.read_csv(out["results_csv"])
+    assert df["accuracy_std"].isna().all() and df["p_ttest_accuracy"].isna().all()
+    assert df["auc_c_mean"].isna().all() and df["auc_mean"].isna().all()
+    assert df["notes"].str.contains("fewer than 2 paired seeds").sum() == 2
+    assert df["notes"].str.contains("no positive slides").all()
+    md = out["results_md"].read_text()
+    assert "n/a[^" in md and "no positive slides" in md
+
+
+def _broken(tmp_path: Path) -> tuple[dict[str, list[Path]], Path]:
+    variants = _experiment(tmp_path, ["a", "b"])
+    return variants, variants["mhim"][1]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: (d / "test_predictions.csv").unlink(), "prediction file not found"),
+        (lambda d: (d / "metrics.json").write_text("{oops"), "not valid JSON"),
+        (lambda d: (d / "metrics.json").write_text('{"model": "x"}'), "missing keys"),
+        (
+            lambda d: (d / "test_predictions.csv").write_text("slide_id,label,prob_a\ns1,a,1\n"),
+            "missing columns ['prob_b']",
+        ),
+        (
+            lambda d: (d / "test_predictions.csv").write_text(
+                "slide_id,label,prob_a,prob_b\ns000,a,0.2,0.3\n"
+            ),
+            "sum to",
+        ),
+        (
+            lambda d: (d / "test_predictions.csv").write_text(
+                "slide_id,label,prob_a,prob_b\ns000,a,x,0.3\n"
+            ),
+            "is not a number",
+        ),
+        (
+            lambda d: (d / "test_predictions.csv").write_text(
+                "slide_id,label,prob_a,prob_b\ns000,a,0.5,0.5\n"
+            ),
+            "slides differ",
+        ),
+        (
+            lambda d: (d / "test_predictions.csv").write_text(
+                "slide_id,label,prob_a,prob_b\ns000,,0.5,0.5\n"
+            ),
+            "without a label",
+        ),
+    ],
+)
+def test_bad_inputs_are_one_line_errors(tmp_path: Path, damage, message: str) -> None:
+    variants, bad = _broken(tmp_path)
+    damage(bad)
+    with pytest.raises(SpanError) as err:
+        write_report(tmp_path / "r", "e", variants, "span", ["a", "b"], n_bootstrap=20)
+    text = str(err.value)
+    assert message in text and "\n" not in text and str(bad) in text
+    assert not (tmp_path / "r" / "results.csv").exists()
+
+
+def test_unknown_reference(tmp_path: Path) -> None:
+    variants = _experiment(tmp_path, ["a", "b"])
+    with pytest.raises(SpanError, match="reference variant 'nope'"):
+        write_report(tmp_path / "r", "e", variants, "nope", ["a", "b"])

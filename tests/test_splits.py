@@ -1,0 +1,240 @@
+"""Patient-level train/val/test splits: sizes, stability, grouping, official splits, files."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter, defaultdict
+from dataclasses import replace
+
+import pytest
+
+from span.data.samplesheet import Sample
+from span.data.splits import (
+    SplitRow,
+    _patient_labels,
+    make_splits,
+    read_splits,
+    write_splits,
+)
+from span.errors import SpanError
+
+CLASSES = ["normal", "tumor"]
+
+
+def _sheet(n: int, per_patient: int = 1, tumor_every: int = 3, split=None) -> list[Sample]:
+    """`n` labelled slides, `per_patient` slides per patient (0 = no patient column)."""
+    out = []
+    for i in range(n):
+        patient = f"P{i // per_patient:04d}" if per_patient else ""
+        group = i // per_patient if per_patient else i
+        label = "tumor" if group % tumor_every == 0 else "normal"
+        out.append(
+            Sample(
+                slide_id=f"S{i:04d}",
+                path=f"/slides/S{i:04d}.svs",
+                label=label,
+                patient=patient,
+                split=split(i) if split else "",
+            )
+        )
+    return out
+
+
+def _by_split(rows: list[SplitRow]) -> dict[str, list[SplitRow]]:
+    sets = defaultdict(list)
+    for r in rows:
+        sets[r.split].append(r)
+    return sets
+
+
+@pytest.mark.parametrize(("n", "test", "val"), [(30, 10, 3), (400, 133, 40)])
+def test_sizes(n: int, test: int, val: int) -> None:
+    rows, warnings = make_splits(_sheet(n, per_patient=0), CLASSES)
+    sets = _by_split(rows)
+    assert (len(sets["test"]), len(sets["val"]), len(sets["train"])) == (test, val, n - test - val)
+    assert len(rows) == n and warnings == []
+    assert [r.slide_id for r in rows] == sorted(r.slide_id for r in rows)
+
+
+def test_stable_under_order_paths_features_and_unlabeled() -> None:
+    sheet = _sheet(60, per_patient=2)
+    rows, _ = make_splits(sheet, CLASSES)
+    assert make_splits(sheet, CLASSES)[0] == rows
+    shuffled = sheet[:]
+    random.Random(0).shuffle(shuffled)
+    assert make_splits(shuffled, CLASSES)[0] == rows
+    moved = [
+        replace(s, path=f"/elsewhere/{s.slide_id}.tif", features=f"{s.slide_id}.h5") for s in sheet
+    ]
+    assert make_splits(moved, CLASSES)[0] == rows
+    unlabeled = [
+        Sample("U0001", "/slides/U0001.svs", ""),
+        Sample("A0000", "/slides/A0000.svs", "", patient="P0003"),
+    ]
+    assert make_splits(unlabeled + sheet, CLASSES)[0] == rows
+    assert make_splits(sheet, CLASSES, seed=7)[0] != rows
+
+
+def test_patients_never_straddle() -> None:
+    sheet = _sheet(60, per_patient=3)
+    # Give some patients slides with different labels.
+    sheet = [replace(s, label="tumor") if i % 7 == 0 else s for i, s in enumerate(sheet)]
+    rows, _ = make_splits(sheet, CLASSES)
+    per_patient = defaultdict(set)
+    for r in rows:
+        per_patient[r.patient].add(r.split)
+    assert all(len(sets) == 1 for sets in per_patient.values())
+    counts = Counter(next(iter(sets)) for sets in per_patient.values())
+    # 20 patients: test round(20/3) = 7, val round(0.15 * 13) = 2.
+    assert counts == {"test": 7, "val": 2, "train": 11}
+
+
+def test_slide_without_patient_is_its_own_patient() -> None:
+    sheet = [Sample("P1", "a", "tumor")] + [
+        Sample(f"S{i}", "a", "normal", patient="P1") for i in range(5)
+    ]
+    sheet += [Sample(f"T{i}", "a", CLASSES[i % 2]) for i in range(12)]
+    rows, _ = make_splits(sheet, CLASSES)
+    named = {r.split for r in rows if r.patient == "P1"}
+    assert len(named) == 1
+    assert {r.slide_id for r in rows} == {s.slide_id for s in sheet}
+
+
+def test_patient_label_majority_then_class_order() -> None:
+    groups = {
+        (0, "a"): [Sample("1", "p", "tumor"), Sample("2", "p", "normal")],
+        (0, "b"): [
+            Sample("3", "p", "tumor"),
+            Sample("4", "p", "tumor"),
+            Sample("5", "p", "normal"),
+        ],
+    }
+    assert _patient_labels(groups, CLASSES) == {(0, "a"): "normal", (0, "b"): "tumor"}
+
+
+def test_partial_official_split_carves_val_from_train() -> None:
+    sheet = _sheet(60, per_patient=1, split=lambda i: "test" if i % 3 == 0 else "train")
+    rows, warnings = make_splits(sheet, CLASSES)
+    official = {s.slide_id: s.split for s in sheet}
+    got = {r.slide_id: r.split for r in rows}
+    assert {k for k, v in got.items() if v == "test"} == {
+        k for k, v in official.items() if v == "test"
+    }
+    assert all(official[k] == "train" for k, v in got.items() if v == "val")
+    assert Counter(got.values()) == {"train": 34, "val": 6, "test": 20}  # round(0.15 * 40) = 6
+    assert warnings == []
+    shuffled = sheet[::-1]
+    assert make_splits(shuffled, CLASSES)[0] == rows
+
+
+def test_full_official_split_kept() -> None:
+    sheet = _sheet(30, per_patient=2, split=lambda i: ("train", "val", "test")[i // 2 % 3])
+    rows, warnings = make_splits(sheet, CLASSES)
+    assert {r.slide_id: r.split for r in rows} == {s.slide_id: s.split for s in sheet}
+    assert warnings == []
+    only_test = _sheet(6, split=lambda i: "test")
+    rows, warnings = make_splits(only_test, CLASSES)
+    assert {r.split for r in rows} == {"test"}
+    assert warnings == ["the official split has no train slides"]
+
+
+def test_mixed_sheet_is_an_error() -> None:
+    sheet = _sheet(10, split=lambda i: "train" if i < 5 else "")
+    with pytest.raises(SpanError, match="split column is set for 5 labelled"):
+        make_splits(sheet, CLASSES)
+    # Unlabeled slides may leave the split empty.
+    full = _sheet(10, split=lambda i: "train" if i < 7 else "test")
+    make_splits([*full, Sample("U1", "p", "")], CLASSES)
+
+
+def test_official_split_with_straddling_patient_is_an_error() -> None:
+    sheet = _sheet(10, per_patient=2, split=lambda i: "train" if i < 5 else "test")
+    with pytest.raises(SpanError, match="patient 'P0002' has slides in several splits"):
+        make_splits(sheet, CLASSES)
+
+
+def test_unlabeled_slides_are_omitted() -> None:
+    sheet = _sheet(20) + [Sample(f"U{i}", "p", "", patient=f"P{i:04d}") for i in range(5)]
+    rows, _ = make_splits(sheet, CLASSES)
+    assert len(rows) == 20
+    assert not any(r.slide_id.startswith("U") for r in rows)
+    assert all(r.label for r in rows)
+
+
+def test_stratified_when_enough_patients() -> None:
+    rows, warnings = make_splits(_sheet(300, per_patient=1), CLASSES)  # 100 tumor, 200 normal
+    assert warnings == []
+    sets = _by_split(rows)
+    test = Counter(r.label for r in sets["test"])
+    assert test == {"tumor": 33, "normal": 67}
+    val = Counter(r.label for r in sets["val"])
+    assert sum(val.values()) == 30 and abs(val["tumor"] - 10) <= 1
+
+
+def test_random_with_warning_when_a_class_is_too_small() -> None:
+    sheet = _sheet(30, tumor_every=1000)  # a single tumor patient
+    rows, warnings = make_splits(sheet, CLASSES)
+    assert any("test split is random" in w and "'tumor' has only 1" in w for w in warnings)
+    assert Counter(r.split for r in rows) == {"train": 17, "val": 3, "test": 10}
+
+
+def test_random_with_warning_when_a_cut_is_smaller_than_the_classes() -> None:
+    classes = ["a", "b", "c", "d", "e"]
+    sheet = [Sample(f"S{i:02d}", "p", classes[i % 5]) for i in range(30)]
+    _, warnings = make_splits(sheet, classes)
+    assert [w for w in warnings if w.startswith("val split is random")]
+    assert not [w for w in warnings if w.startswith("test split")]
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (3, {"train": 1, "val": 1, "test": 1}),
+        (2, {"train": 1, "test": 1}),
+        (1, {"train": 1}),
+    ],
+)
+def test_tiny_cohorts(n: int, expected: dict[str, int]) -> None:
+    rows, warnings = make_splits(_sheet(n), CLASSES)
+    assert Counter(r.split for r in rows) == expected
+    assert any(w.startswith("no val set") for w in warnings) == (n < 3)
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(SpanError, match="not one of the classes"):
+        make_splits([Sample("S1", "p", "other")], CLASSES)
+    with pytest.raises(SpanError, match="test_fraction"):
+        make_splits(_sheet(10), CLASSES, test_fraction=1.0)
+    assert make_splits([Sample("S1", "p", "")], CLASSES) == (
+        [],
+        ["no labelled slides: nothing to split"],
+    )
+
+
+def test_write_read_round_trip(tmp_path) -> None:
+    rows, _ = make_splits(_sheet(40, per_patient=2)[::-1], CLASSES)
+    path = tmp_path / "out" / "splits.tsv"
+    write_splits(rows[::-1], path)
+    lines = path.read_text().splitlines()
+    assert lines[0] == "slide_id\tpatient\tlabel\tsplit"
+    assert [line.split("\t")[0] for line in lines[1:]] == sorted(r.slide_id for r in rows)
+    assert read_splits(path) == sorted(rows, key=lambda r: r.slide_id)
+    assert [p.name for p in path.parent.iterdir()] == ["splits.tsv"]
+
+
+def test_read_splits_errors(tmp_path) -> None:
+    with pytest.raises(SpanError, match="splits file not found"):
+        read_splits(tmp_path / "missing.tsv")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("a,b,c\n")
+    with pytest.raises(SpanError, match="not a splits file"):
+        read_splits(bad)
+    bad.write_text("slide_id\tpatient\tlabel\tsplit\nS1\t\ttumor\n")
+    with pytest.raises(SpanError, match="line 2: expected 4 columns"):
+        read_splits(bad)
+    bad.write_text("slide_id\tpatient\tlabel\tsplit\nS1\t\ttumor\tholdout\n")
+    with pytest.raises(SpanError, match="bad slide_id or split"):
+        read_splits(bad)
+    bad.write_text("slide_id\tpatient\tlabel\tsplit\nS1\t\ttumor\ttest\nS1\t\ttumor\ttrain\n")
+    with pytest.raises(SpanError, match="duplicate slide_id 'S1'"):
+        read_splits(bad)

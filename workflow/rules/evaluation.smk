@@ -1,0 +1,73 @@
+# Evaluation (one job per experiment) and predictions with heatmaps (one job per experiment
+# x variant, all seeds).
+
+
+rule evaluate:
+    input:
+        lambda w: expand(
+            f"{RESULTS}/{w.experiment}/{{variant}}/seed{{seed}}/{{name}}",
+            variant=EXPERIMENTS[w.experiment], seed=SEEDS,
+            name=["metrics.json", "test_predictions.csv"],
+        ),
+    output:
+        report(f"{RESULTS}/{{experiment}}/report.md", caption="../report/report.rst",
+               category="Results"),
+        table=f"{RESULTS}/{{experiment}}/results.csv",
+        markdown=f"{RESULTS}/{{experiment}}/results.md",
+        roc=f"{RESULTS}/{{experiment}}/roc.png",
+    params:
+        runs=evaluation_runs,
+        classes=config["classes"],
+        cohort=COHORT,
+        out=lambda w: f"{RESULTS}/{w.experiment}",
+    log:
+        f"{RESULTS}/logs/evaluate/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/evaluate/{{experiment}}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=30,
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "python -m span --log {log} evaluate {params.runs} --experiment {wildcards.experiment}"
+        " --cohort {params.cohort} --classes {params.classes} --out {params.out}"
+
+
+rule predict:
+    input:
+        checkpoints=lambda w: expand(
+            f"{RESULTS}/{w.experiment}/{w.variant}/seed{{seed}}/checkpoint.pt", seed=SEEDS
+        ),
+        features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
+    output:
+        predictions=f"{RESULTS}/{{experiment}}/{{variant}}/predictions.csv",
+        heatmaps=directory(f"{RESULTS}/{{experiment}}/{{variant}}/heatmaps"),
+    params:
+        sheet=config["samples"],
+        classes=config["classes"],
+        features_dir=features_dir,
+        model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
+        hparams=lambda w: shlex.quote(
+            json.dumps(EXPERIMENTS[w.experiment][w.variant]["hparams"], sort_keys=True)
+        ),
+        runs=lambda w: " ".join(run_dir(w.experiment, w.variant, s) for s in SEEDS),
+        heatmaps=lambda w, output: (
+            f"--heatmaps {output.heatmaps}" if w.variant in config["predict"]["heatmaps"] else ""
+        ),
+        max_side=config["predict"]["heatmap_max_side"],
+    log:
+        f"{RESULTS}/logs/predict/{{experiment}}/{{variant}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/predict/{{experiment}}/{{variant}}.tsv"
+    resources:
+        mem_mb=8000,
+        runtime=120,
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "mkdir -p {output.heatmaps} && python -m span --log {log} predict"
+        " --samples {params.sheet:q} --classes {params.classes}"
+        " --features-dir {params.features_dir} --model {params.model} --hparams {params.hparams}"
+        " --runs {params.runs} --out {output.predictions} {params.heatmaps}"
+        " --heatmap-max-side {params.max_side}"

@@ -1,0 +1,63 @@
+# Splits (one job per cohort) and training (one job per experiment x variant x seed).
+
+
+rule split:
+    output:
+        f"{RESULTS}/splits.tsv",
+    params:
+        # The split depends on the labelled rows' slide_id, patient, label and split only:
+        # editing paths or other config does not re-split (nor retrain).
+        sheet=config["samples"],
+        rows=SPLIT_KEY,
+        classes=config["classes"],
+        options=cli_options(config["splits"]),
+    log:
+        f"{RESULTS}/logs/split.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/split.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "python -m span --log {log} split --samples {params.sheet:q} --classes {params.classes}"
+        " {params.options} --out {output}"
+
+
+rule train:
+    input:
+        unpack(teacher_inputs),
+        splits=f"{RESULTS}/splits.tsv",
+        features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
+    output:
+        checkpoint=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        history=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/history.csv",
+        metrics=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/metrics.json",
+        predictions=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/test_predictions.csv",
+    params:
+        model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
+        classes=config["classes"],
+        options=cli_options(config["training"], skip=("threads",)),
+        features_dir=features_dir,
+        teacher_runtime=lambda w, input: (
+            f"--add-runtime-of {input.teacher_metrics}" if "teacher" in input.keys() else ""
+        ),
+        hparams=train_hparams,
+        out=lambda w: run_dir(w.experiment, w.variant, w.seed),
+    threads: config["training"]["threads"]
+    log:
+        f"{RESULTS}/logs/train/{{experiment}}/{{variant}}/seed{{seed}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/train/{{experiment}}/{{variant}}/seed{{seed}}.tsv"
+    resources:
+        mem_mb=16000,
+        runtime=720,
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "python -m span --log {log} train --splits {input.splits}"
+        " --features-dir {params.features_dir} --classes {params.classes}"
+        " --model {params.model} --variant {wildcards.variant} --hparams {params.hparams}"
+        " --seed {wildcards.seed} --threads {threads} {params.options} {params.teacher_runtime}"
+        " --out {params.out}"
