@@ -7,8 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from span.slides.tiff_writer import write_pyramidal_tiff
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # parallel test workers: one core each
+    torch.set_num_threads(1)
 
 REPO = Path(__file__).resolve().parents[1]
 _CMU1_NAME = Path("shared", "data", "slides", "CMU-1-Small-Region.svs")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import h5py
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import yaml
@@ -192,3 +194,61 @@ def test_workflow_lint_is_clean():
         timeout=300,
     )
     assert res.returncode == 0 and "Lints for" not in res.stdout, res.stdout
+
+
+def test_end_to_end_tiny_cohort(tmp_path):
+    """Raw slides -> patches -> features -> splits -> 2 models x 2 seeds -> report, predictions
+    and heatmaps, checked by content."""
+    import openslide
+
+    rows = []
+    splits = ["train", "train", "train", "train", "val", "val", "test", "test"]
+    for i, split in enumerate(splits):
+        image, *_ = render_tissue(600, 650, 0.5, tumour=bool(i % 2), seed=20 + i)
+        write_pyramidal_tiff(tmp_path / f"s{i}.tiff", image, 0.5, downsamples=(1, 4, 16))
+        rows.append((f"s{i}", f"s{i}.tiff", "tumor" if i % 2 else "normal", split))
+    image, *_ = render_tissue(600, 650, 0.5, tumour=True, seed=99)
+    write_pyramidal_tiff(tmp_path / "unlabelled.tiff", image, 0.5, downsamples=(1, 4, 16))
+    rows.append(("unlabelled", "unlabelled.tiff", "", ""))
+    sheet = write_sheet(tmp_path / "s.tsv", rows, header=("slide_id", "path", "label", "split"))
+    config = base_config(sheet)
+    config.update(
+        seeds=[0, 1],
+        training={"epochs": 2, "patience": 2, "threads": 1},
+        experiments={
+            "tiny": [
+                {"model": "span", "hparams": {"embed_dim": 32, "heads": 4}},
+                {"model": "abmil", "hparams": {"hidden": 64, "attention_hidden": 16}},
+            ]
+        },
+        predict={"heatmaps": ["span", "abmil"], "heatmap_max_side": 300},
+    )
+    res = snakemake(tmp_path, "--cores", "2", config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    out = tmp_path / "results" / "tiny" / "tiny"
+
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["variant"] for r in table] == ["span", "abmil"]
+    for row in table:
+        for key in ("p_ttest_accuracy", "p_ttest_auc", "p_delong"):
+            if row["is_reference"] == "True":
+                continue
+            value = row[key]
+            assert (value == "n/a" and key in row["notes"]) or 0.0 <= float(value) <= 1.0
+    assert (out / "roc.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("> **WARNING") and "| Method | Accuracy" in report
+
+    for variant in ("span", "abmil"):
+        with (out / variant / "predictions.csv").open() as f:
+            predictions = list(csv.DictReader(f))
+        means = {r["slide_id"]: r for r in predictions if r["run"] == "mean"}
+        assert set(means) == {r[0] for r in rows}
+        for r in predictions:
+            assert abs(float(r["prob_normal"]) + float(r["prob_tumor"]) - 1) < 1e-4
+        for slide_id, path, *_ in rows:
+            with openslide.OpenSlide(str(tmp_path / path)) as slide:
+                expected = slide.get_thumbnail((300, 300)).size
+            heatmap = plt.imread(out / variant / "heatmaps" / f"{slide_id}.png")
+            assert heatmap.shape[1::-1] == expected

@@ -1,0 +1,215 @@
+"""Training: learning a learnable task, determinism, checkpoint round trip, cohort checks."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from span.data.splits import SplitRow, write_splits
+from span.errors import SpanError
+from span.features.feature_file import FeatureSet, write_feature_file
+from span.models import build_model
+from span.training.bags import Bag
+from span.training.run import run_training
+from span.training.trainer import TrainConfig, predict
+
+DIM = 16
+
+
+def synthetic_slide(rng: np.random.Generator, positive: bool, dim: int = DIM):
+    """A blob of 40-70 cells; positives carry a clustered island of shifted features."""
+    side = 12
+    cells = np.array(
+        [
+            (x, y)
+            for y in range(side)
+            for x in range(side)
+            if (x - 6) ** 2 + (y - 6) ** 2 < rng.uniform(12, 22)
+        ]
+    )
+    features = rng.normal(size=(len(cells), dim)).astype(np.float32)
+    if positive:
+        cx, cy = rng.integers(3, 9, size=2)
+        island = (cells[:, 0] - cx) ** 2 + (cells[:, 1] - cy) ** 2 <= 4
+        features[island, :4] += 1.5
+    return features, cells
+
+
+def write_cohort(root, n_slides: int, seed: int = 0, dim: int = DIM, empty: str | None = None):
+    """Features files and a splits.tsv: two thirds train, then val and test alternating."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_slides):
+        sid = f"s{i:03d}"
+        label = "tumor" if i % 2 else "normal"
+        features, cells = synthetic_slide(rng, i % 2 == 1, dim)
+        if sid == empty:
+            features, cells = features[:0], cells[:0]
+        attrs = {
+            "encoder": "synthetic",
+            "layer": "x",
+            "weights": "random",
+            "patch_size_level0": 224,
+        }
+        write_feature_file(
+            root / "features" / f"{sid}.h5",
+            FeatureSet(features, cells * 224, cells, np.zeros(0), attrs),
+        )
+        split = "train" if i < 2 * n_slides // 3 else ("val" if i % 4 < 2 else "test")
+        rows.append(SplitRow(sid, "", label, split))
+    write_splits(rows, root / "splits.tsv")
+    return root / "splits.tsv", root / "features"
+
+
+SMALL_SPAN = {"embed_dim": 32, "heads": 4, "window_side": 4}
+
+
+def test_span_learns_a_learnable_task(tmp_path):
+    splits, features = write_cohort(tmp_path, 60)
+    metrics = run_training(
+        splits,
+        features,
+        ["normal", "tumor"],
+        "span",
+        SMALL_SPAN,
+        "span",
+        TrainConfig(epochs=15, patience=15, lr=1e-3, seed=0),
+        tmp_path / "run",
+        device="cpu",
+    )
+    with (tmp_path / "run" / "test_predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    correct = [(float(r["prob_tumor"]) > 0.5) == (r["label"] == "tumor") for r in rows]
+    assert len(rows) >= 8 and np.mean(correct) >= 0.8
+    assert metrics["best_epoch"] >= 1 and metrics["peak_memory_kind"] == "peak RSS (CPU)"
+    history = (tmp_path / "run" / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch,train_loss,val_loss,val_auc")
+
+
+def test_same_seed_same_run_and_checkpoint_round_trip(tmp_path):
+    splits, features = write_cohort(tmp_path, 18)
+    config = TrainConfig(epochs=3, patience=3, seed=7)
+    for run in ("a", "b"):
+        run_training(
+            splits,
+            features,
+            ["normal", "tumor"],
+            "abmil",
+            {},
+            "abmil",
+            config,
+            tmp_path / run,
+            device="cpu",
+        )
+    assert (tmp_path / "a" / "history.csv").read_text().split("\n")[1].split(",")[:5] == (
+        (tmp_path / "b" / "history.csv").read_text().split("\n")[1].split(",")[:5]
+    )
+    a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    model = build_model("abmil", DIM, 2)
+    model.load_state_dict(a)
+    with (tmp_path / "a" / "test_predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    bags = [Bag(r["slide_id"], features / f"{r['slide_id']}.h5", None) for r in rows]
+    probs = predict(model, bags, DIM, torch.device("cpu"))
+    expected = np.array([[float(r["prob_normal"]), float(r["prob_tumor"])] for r in rows])
+    np.testing.assert_allclose(probs, expected, atol=1e-6)
+
+
+def test_metrics_json_and_teacher_runtime(tmp_path):
+    splits, features = write_cohort(tmp_path, 12)
+    config = TrainConfig(epochs=1, patience=1)
+    teacher = run_training(
+        splits,
+        features,
+        ["normal", "tumor"],
+        "abmil",
+        {},
+        "abmil",
+        config,
+        tmp_path / "abmil",
+        device="cpu",
+    )
+    hparams = {"teacher_checkpoint": str(tmp_path / "abmil" / "checkpoint.pt")}
+    student = run_training(
+        splits,
+        features,
+        ["normal", "tumor"],
+        "mhim",
+        hparams,
+        "mhim",
+        config,
+        tmp_path / "mhim",
+        device="cpu",
+        add_runtime_of=tmp_path / "abmil" / "metrics.json",
+    )
+    assert student["runtime_per_epoch_s"] > teacher["runtime_per_epoch_s"]
+    assert "teacher (abmil" in student["runtime_note"]
+    saved = json.loads((tmp_path / "mhim" / "metrics.json").read_text())
+    for key in ("device", "parameters", "peak_memory_mb", "encoder_weights", "runtime_per_epoch_s"):
+        assert key in saved
+    assert saved["encoder_weights"] == "random" and saved["slides"]["train"] == 8
+
+
+def test_empty_slides_are_excluded_with_a_reason(tmp_path):
+    splits, features = write_cohort(tmp_path, 12, empty="s000")
+    metrics = run_training(
+        splits,
+        features,
+        ["normal", "tumor"],
+        "abmil",
+        {},
+        "abmil",
+        TrainConfig(epochs=1, patience=1),
+        tmp_path / "run",
+        device="cpu",
+    )
+    assert metrics["excluded"] == [["s000", "no tissue patches"]] or metrics["excluded"] == [
+        ("s000", "no tissue patches")
+    ]
+    assert metrics["slides"]["train"] == 7
+
+
+def test_mixed_feature_widths_are_one_clear_error(tmp_path):
+    splits, features = write_cohort(tmp_path, 6)
+    rng = np.random.default_rng(1)
+    f, cells = synthetic_slide(rng, True, dim=32)
+    write_feature_file(
+        features / "s001.h5",
+        FeatureSet(f, cells * 224, cells, np.zeros(0), {"encoder": "other", "layer": "y"}),
+    )
+    with pytest.raises(SpanError, match="mix encoders or widths") as err:
+        run_training(
+            splits,
+            features,
+            ["normal", "tumor"],
+            "abmil",
+            {},
+            "abmil",
+            TrainConfig(epochs=1),
+            tmp_path / "run",
+            device="cpu",
+        )
+    assert "\n" not in str(err.value)
+
+
+def test_unknown_hyperparameter_is_one_clear_error(tmp_path):
+    splits, features = write_cohort(tmp_path, 6)
+    with pytest.raises(SpanError, match="no hyperparameter"):
+        run_training(
+            splits,
+            features,
+            ["normal", "tumor"],
+            "span",
+            {"window": 4},
+            "span",
+            TrainConfig(epochs=1),
+            tmp_path / "run",
+            device="cpu",
+        )
