@@ -11,10 +11,10 @@ import torch
 
 from span.data.splits import SplitRow, write_splits
 from span.errors import SpanError
-from span.features.feature_file import FeatureSet, write_feature_file
+from span.features.feature_file import FeatureSet, read_feature_file, write_feature_file
 from span.models import build_model
-from span.training.bags import Bag
-from span.training.run import run_training
+from span.training.bags import Bag, FeatureStats, feature_statistics
+from span.training.run import run_training, split_bags
 from span.training.trainer import TrainConfig, predict
 
 DIM = 16
@@ -213,3 +213,27 @@ def test_unknown_hyperparameter_is_one_clear_error(tmp_path):
             tmp_path / "run",
             device="cpu",
         )
+
+
+def test_standardisation_uses_training_statistics(tmp_path):
+    splits, features = write_cohort(tmp_path, 12)
+    train = split_bags(splits, features, ["normal", "tumor"])["train"]
+    stats = feature_statistics(train, DIM)
+    stacked = np.concatenate([read_feature_file(b.features).features for b in train])
+    np.testing.assert_allclose(stats.mean, stacked.mean(0), atol=1e-5)
+    np.testing.assert_allclose(stats.std, stacked.std(0), atol=1e-5)
+
+    config = TrainConfig(epochs=1, patience=1, standardize=True)
+    run_training(
+        splits,
+        features,
+        ["normal", "tumor"],
+        "abmil",
+        {},
+        "abmil",
+        config,
+        tmp_path / "run",
+        device="cpu",
+    )
+    saved = FeatureStats.load(tmp_path / "run" / "feature_stats.pt")
+    torch.testing.assert_close(saved.mean, stats.mean)

@@ -18,7 +18,7 @@ from span.features.extract import resolve_device
 from span.h5io import open_h5, read_attrs
 from span.models import build_model
 from span.slides.qc import write_png
-from span.training.bags import Bag, inspect_cohort, load_bag
+from span.training.bags import Bag, FeatureStats, inspect_cohort, load_bag
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +55,14 @@ def run_prediction(
     grids: dict[str, np.ndarray] = {}
     for r, run in enumerate(run_dirs):
         model = build_model(model_name, cohort.feature_dim, len(classes), **hparams).to(dev)
+        stats = FeatureStats.load(run / "feature_stats.pt")
         model.load_state_dict(
             torch.load(run / "checkpoint.pt", map_location=dev, weights_only=True)
         )
         model.eval()
         with torch.no_grad():
             for b, bag in enumerate(bags):
-                features, grid = load_bag(bag, cohort.feature_dim, dev)
+                features, grid = load_bag(bag, cohort.feature_dim, dev, stats)
                 grids[bag.slide_id] = grid.cpu().numpy()
                 out = model(features, grid)
                 probs[r, b] = out.logits.float().softmax(-1).cpu().numpy()

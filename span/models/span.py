@@ -127,7 +127,7 @@ class SPAN(MILModel):
         self.pool = (
             AttentionPool(dim, dim, gated=True, dropout=dropout) if head == "attention" else None
         )
-        self.head_norm = nn.LayerNorm(dim) if head == "global" else None
+        self.head_norm = nn.LayerNorm(dim)  # pre-norm layers leave the residual stream unnormalised
         self.head_drop = nn.Dropout(dropout)
         self.classifier = nn.Linear(dim, n_classes)
         self.apply(self._init)
@@ -172,7 +172,7 @@ class SPAN(MILModel):
             if tokens is not None:
                 stage_tokens.append(tokens)
         if self.pool is not None:
-            embedding, weights = self.pool(x)
+            embedding, weights = self.pool(self.head_norm(x))
         else:
             embedding = self.head_norm(torch.stack(stage_tokens).sum(0).mean(0))
             weights = self._global_attention(x, tokens)

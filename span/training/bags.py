@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from span.atomic import atomic_output
 from span.errors import SpanError
 from span.features.feature_file import read_feature_file
 from span.h5io import open_h5, read_attrs
@@ -73,9 +74,48 @@ def inspect_cohort(bags: list[Bag]) -> CohortInfo:
     )
 
 
-def load_bag(bag: Bag, feature_dim: int, device: torch.device):
-    """(features float32 (N, D), grid int64 (N, 2)) of one slide, on `device`."""
+@dataclass
+class FeatureStats:
+    """Per-dimension mean and standard deviation applied to every slide's features."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def identity(cls, dim: int) -> FeatureStats:
+        return cls(torch.zeros(dim), torch.ones(dim))
+
+    def save(self, path: Path) -> None:
+        """Write atomically (loadable with `weights_only=True`)."""
+        with atomic_output(path) as tmp:
+            torch.save({"mean": self.mean, "std": self.std}, tmp)
+
+    @classmethod
+    def load(cls, path: Path) -> FeatureStats:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        return cls(state["mean"], state["std"])
+
+
+def feature_statistics(bags: list[Bag], feature_dim: int) -> FeatureStats:
+    """Mean and std over all patches of `bags`, streamed one slide at a time (float64)."""
+    total = torch.zeros(feature_dim, dtype=torch.float64)
+    squares = torch.zeros(feature_dim, dtype=torch.float64)
+    count = 0
+    for bag in bags:
+        x = torch.from_numpy(read_feature_file(bag.features, feature_dim).features).double()
+        total += x.sum(0)
+        squares += (x * x).sum(0)
+        count += len(x)
+    mean = total / max(count, 1)
+    std = (squares / max(count, 1) - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
+    return FeatureStats(mean.float(), std.float())
+
+
+def load_bag(bag: Bag, feature_dim: int, device: torch.device, stats: FeatureStats | None = None):
+    """(features float32 (N, D), grid int64 (N, 2)) of one slide, on `device`, standardised
+    with `stats` when given."""
     fs = read_feature_file(bag.features, expected_dim=feature_dim)
-    features = torch.from_numpy(fs.features).float().to(device)
-    grid = torch.from_numpy(fs.grid).long().to(device)
-    return features, grid
+    features = torch.from_numpy(fs.features).float()
+    if stats is not None:
+        features = (features - stats.mean) / stats.std
+    return features.to(device), torch.from_numpy(fs.grid).long().to(device)

@@ -64,6 +64,12 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--weight-decay", type=float, default=5e-5)
     p.add_argument("--class-weighted", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument(
+        "--standardize",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="z-score every feature dimension with the training slides' mean and std",
+    )
     p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--add-runtime-of", help="metrics.json whose runtime is added (MHIM teacher)")

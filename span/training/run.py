@@ -14,7 +14,7 @@ from span.errors import SpanError
 from span.features.extract import resolve_device
 from span.memory import reduce_heap_fragmentation
 from span.models import build_model
-from span.training.bags import Bag, inspect_cohort
+from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
 from span.training.trainer import (
     TrainConfig,
     predict,
@@ -61,7 +61,10 @@ def run_training(
     device: str = "auto",
     add_runtime_of: Path | None = None,
 ) -> dict:
-    """Train, keep the best checkpoint, predict the test set; returns `metrics.json`'s content."""
+    """Train, keep the best checkpoint, predict the test set; returns `metrics.json`'s content.
+
+    Writes checkpoint.pt, feature_stats.pt (identity unless `config.standardize`),
+    history.csv, test_predictions.csv and metrics.json into `out_dir`."""
     reduce_heap_fragmentation()
     out_dir.mkdir(parents=True, exist_ok=True)
     sets = split_bags(splits_tsv, features_dir, classes)
@@ -80,13 +83,27 @@ def run_training(
     except ValueError as exc:
         raise SpanError(None, str(exc), "fix the variant in the experiments config") from exc
     dev = resolve_device(device)
+    stats = (
+        feature_statistics(sets["train"], cohort.feature_dim)
+        if config.standardize
+        else FeatureStats.identity(cohort.feature_dim)
+    )
+    stats.save(out_dir / "feature_stats.pt")
     summary = train_model(
-        model, sets["train"], sets["val"], cohort.feature_dim, len(classes), config, out_dir, dev
+        model,
+        sets["train"],
+        sets["val"],
+        cohort.feature_dim,
+        len(classes),
+        config,
+        out_dir,
+        dev,
+        stats,
     )
     model.load_state_dict(
         torch.load(out_dir / "checkpoint.pt", map_location=dev, weights_only=True)
     )
-    probs = predict(model, sets["test"], cohort.feature_dim, dev)
+    probs = predict(model, sets["test"], cohort.feature_dim, dev, stats)
     write_predictions(out_dir / "test_predictions.csv", sets["test"], probs, classes)
     metrics = {
         "model": model_name,

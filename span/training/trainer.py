@@ -24,7 +24,7 @@ from sklearn.metrics import roc_auc_score
 from span.atomic import atomic_output, write_text_atomic
 from span.memory import peak_rss_mb, reset_peak_rss
 from span.models.base import MILModel
-from span.training.bags import Bag, load_bag
+from span.training.bags import Bag, FeatureStats, load_bag
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class TrainConfig:
     weight_decay: float = 5e-5
     class_weighted: bool = False
     cosine: bool = False
+    standardize: bool = False  # z-score features with the training slides' statistics
     seed: int = 0
 
 
@@ -61,12 +62,14 @@ def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 @torch.no_grad()
-def predict(model: MILModel, bags: list[Bag], feature_dim: int, device) -> np.ndarray:
+def predict(
+    model: MILModel, bags: list[Bag], feature_dim: int, device, stats: FeatureStats | None = None
+) -> np.ndarray:
     """Class probabilities (len(bags), C), one slide at a time, eval mode."""
     model.eval()
     out = []
     for bag in bags:
-        features, grid = load_bag(bag, feature_dim, device)
+        features, grid = load_bag(bag, feature_dim, device, stats)
         out.append(model(features, grid).logits.float().softmax(-1).cpu().numpy())
     return np.stack(out) if out else np.zeros((0, 0))
 
@@ -111,6 +114,7 @@ def train_model(
     config: TrainConfig,
     out_dir: Path,
     device: torch.device,
+    stats: FeatureStats | None = None,
 ) -> dict:
     """Train with early stopping; write `checkpoint.pt` (best state dict) and `history.csv`.
 
@@ -142,7 +146,7 @@ def train_model(
         permutation = torch.randperm(len(train_bags), generator=order).tolist()
         for step, index in enumerate(permutation):
             bag = train_bags[index]
-            features, grid = load_bag(bag, feature_dim, device)
+            features, grid = load_bag(bag, feature_dim, device, stats)
             progress = (epoch - 1 + step / len(train_bags)) / config.epochs
             loss = model.loss(
                 model(features, grid), torch.tensor(bag.label, device=device), progress
@@ -157,7 +161,7 @@ def train_model(
         if scheduler is not None:
             scheduler.step()
         t1 = time.perf_counter()
-        probs = predict(model, val_bags, feature_dim, device)
+        probs = predict(model, val_bags, feature_dim, device, stats)
         val_loss = (
             float(
                 F.nll_loss(

@@ -37,7 +37,8 @@ rule evaluate:
 rule predict:
     input:
         checkpoints=lambda w: expand(
-            f"{RESULTS}/{w.experiment}/{w.variant}/seed{{seed}}/checkpoint.pt", seed=SEEDS
+            f"{RESULTS}/{w.experiment}/{w.variant}/seed{{seed}}/{{name}}",
+            seed=SEEDS, name=["checkpoint.pt", "feature_stats.pt"],
         ),
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
     output:

@@ -32,6 +32,7 @@ rule train:
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
     output:
         checkpoint=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/checkpoint.pt",
+        stats=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/feature_stats.pt",
         history=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/history.csv",
         metrics=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/metrics.json",
         predictions=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/test_predictions.csv",
