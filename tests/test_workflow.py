@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -214,7 +215,7 @@ def test_end_to_end_tiny_cohort(tmp_path):
     config = base_config(sheet)
     config.update(
         seeds=[0, 1],
-        training={"epochs": 2, "patience": 2, "threads": 1},
+        training={"epochs": 2, "patience": 2, "threads": 1, "standardize": True},
         experiments={
             "tiny": [
                 {"model": "span", "hparams": {"embed_dim": 32, "heads": 4}},
@@ -237,6 +238,8 @@ def test_end_to_end_tiny_cohort(tmp_path):
             value = row[key]
             assert (value == "n/a" and key in row["notes"]) or 0.0 <= float(value) <= 1.0
     assert (out / "roc.png").stat().st_size > 0
+    run = json.loads((out / "span" / "seed1" / "metrics.json").read_text())
+    assert run["training"]["standardize"] is True and run["seed"] == 1
     report = (out / "report.md").read_text()
     assert report.startswith("> **WARNING") and "| Method | Accuracy" in report
 

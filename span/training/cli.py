@@ -24,6 +24,7 @@ def _train(args: argparse.Namespace) -> None:
             weight_decay=args.weight_decay,
             class_weighted=args.class_weighted,
             cosine=args.cosine,
+            standardize=args.standardize,
             seed=args.seed,
         )
     except json.JSONDecodeError as exc:
