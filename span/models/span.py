@@ -184,5 +184,5 @@ class SPAN(MILModel):
         attn = self.layers[-1].attn
         with torch.no_grad():
             k, gq = attn.project(x)[1], attn.project(tokens)[0]
-            logits = attn.scale * (gq @ k.transpose(-1, -2))  # (H, G, N)
+            logits = gq @ k.transpose(-1, -2)  # (H, G, N); queries come pre-scaled
             return logits.softmax(dim=-1).mean(dim=(0, 1))

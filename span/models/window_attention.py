@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
-from span.models.layers import MaskDropout, keep_mask
+from span.models.layers import DropoutLinear, drop_mask, dropout_rescale
 from span.models.position import position_encoding
 from span.models.sparse import WindowLayout, Windows
 
 #: Elements of one chunk's (windows, heads, side^2, side^2) logits: bounds the working memory.
-CHUNK_ELEMENTS = 1 << 20
+#: 2 MB of float32 stays below the 4 MB mmap threshold of `span.memory`, so chunk buffers
+#: are reused from the heap instead of being mapped (and page-faulted) afresh every chunk.
+CHUNK_ELEMENTS = 1 << 19
 
 
 class _Partition:
@@ -47,14 +50,14 @@ class _Partition:
             yield number, safe, mask, valid
 
 
-def _keep_mask(shape, p: float, seed: int, part: int, number: int, device):
-    """The dropout keep-mask of one chunk (and its rescale), regenerated identically in the
-    backward pass from (seed, partition, chunk)."""
+def _drop_mask(shape, p: float, seed: int, part: int, number: int, device):
+    """The dropout mask of one chunk (dropped = True), regenerated identically in the
+    backward pass from (seed, partition, chunk); None without dropout."""
     if p == 0.0:
-        return None, 1.0
+        return None
     gen = torch.Generator(device=device)
     gen.manual_seed((seed + 7919 * part + 104729 * number) % (2**63))
-    return keep_mask(shape, p, gen, device)
+    return drop_mask(shape, p, gen, device)[0]
 
 
 def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -82,134 +85,151 @@ class _Blocks:
         return self.position.rotate(grad, self.cells[flat], inverse=True)
 
 
-def _logits(blocks, idx, mask, bias, scale, qb=None, kb=None) -> torch.Tensor:
-    """Scaled, biased, masked window logits (H, c, side^2, side^2) of one chunk (a new tensor
-    the caller may modify in place)."""
+def _logits(blocks, idx, mask, bias, qb=None, kb=None) -> torch.Tensor:
+    """Biased, masked window logits (H, c, side^2, side^2) of one chunk (a new tensor the
+    caller may modify in place); queries come pre-scaled."""
     qb = blocks.get(0, idx) if qb is None else qb
     kb = blocks.get(1, idx) if kb is None else kb
-    s = (qb @ kb.transpose(-1, -2)).mul_(scale)
+    s = qb @ kb.transpose(-1, -2)
     if bias is not None:
         s.add_(bias)
     return s.masked_fill_(mask, float("-inf"))
 
 
-def _merge(a, b):
-    """Combine two partial softmax results over disjoint key sets (online-softmax rule).
-    The first has a finite maximum for every row (a token always sees itself)."""
-    top = torch.maximum(a[0], b[0])
-    wa, wb = torch.exp(a[0] - top), torch.exp(b[0] - top)  # exp(-inf) = 0: no keys in b
-    return top, a[1] * wa + b[1] * wb, a[2] * wa[..., None] + b[2] * wb[..., None]
+def _local_stats(blocks, part: _Partition, bias, p: float, seed: int):
+    """Softmax statistics of one window partition per head and token: (max logit, sum of
+    exp, unnormalised output with dropped weights zeroed and NOT rescaled)."""
+    heads, n, dh = blocks.qkv.shape[1:]
+    top = blocks.qkv.new_empty((heads, n))
+    total = blocks.qkv.new_empty((heads, n))
+    out = blocks.qkv.new_empty((heads, n, dh))
+    for number, idx, mask, valid in part.chunks():
+        e = _logits(blocks, idx, mask, bias)  # (H, c, side^2, side^2)
+        m = e.amax(dim=-1)
+        e.sub_(torch.nan_to_num(m, neginf=0.0)[..., None]).exp_()  # in place: no temporaries
+        rows = valid.reshape(-1)
+        tokens = idx.reshape(-1)[rows]
+        top[:, tokens] = m.flatten(1)[:, rows]
+        total[:, tokens] = e.sum(-1).flatten(1)[:, rows]
+        drop = _drop_mask(e.shape, p, seed, part.part, number, e.device)
+        if drop is not None:
+            e.masked_fill_(drop, 0.0)
+        out[:, tokens] = (e @ blocks.get(2, idx)).flatten(1, 2)[:, rows]
+    return top, total, out
+
+
+def _merge_into(stats, top_b, total_b, out_b=None, weights_b=None, values_b=None):
+    """Combine running softmax statistics with those of a disjoint key set (online-softmax
+    rule), in place. The second set's output is out_b, or weights_b @ values_b. The running
+    maximum is finite for every row (a token always sees itself)."""
+    top_a, total_a, out_a = stats
+    top = torch.maximum(top_a, top_b)
+    wa, wb = (top_a - top).exp_(), (top_b - top).exp_()  # exp(-inf) = 0: no keys in b
+    total_a.mul_(wa).add_(total_b * wb)
+    out_a.mul_(wa[..., None])
+    if out_b is not None:
+        out_a.addcmul_(out_b, wb[..., None])
+    else:
+        out_a.baddbmm_(weights_b * wb[..., None], values_b)
+    return top, total_a, out_a
 
 
 class _WindowAttention(torch.autograd.Function):
     """softmax over (regular window  U  shifted window  U  global tokens), then values.
 
-    Works on head-major (3, H, N, dh) qkv (blocks gather contiguously) and returns its
-    gradient in the same layout. The forward pass merges each chunk into running (max, sum,
-    output) per head and token, as online softmax does; the backward pass recomputes each
-    chunk's probabilities from the saved log-sum-exp. Global tokens get no position term.
+    Works on head-major (3, H, N, dh) qkv with pre-scaled queries (blocks gather
+    contiguously) and returns its gradient in the same layout. The forward pass merges the
+    partitions' and the global tokens' (max, sum, output) per head and token, as online
+    softmax does; the backward pass recomputes each chunk's probabilities from the saved
+    log-sum-exp. The dropout rescale is applied once to the output (and once to the
+    gradients), not per chunk. Global tokens get no position term.
     """
 
     @staticmethod
-    def forward(ctx, qkv, gqkv, bias, position, cells, partitions, scale, p, seed):
-        _, heads, n, dh = qkv.shape
+    def forward(ctx, qkv, gqkv, bias, position, cells, partitions, p, seed):
         blocks = _Blocks(qkv, position, cells)
-        stats = None  # running (max, sum of exp, unnormalised output) per head and token
-        if gqkv is not None:
-            s = (qkv[0] @ gqkv[1].transpose(-1, -2)) * scale  # (H, N, G)
-            top = s.amax(dim=-1)
-            e = torch.exp(s - top[..., None])
-            keep, rescale = _keep_mask(e.shape, p, seed, len(partitions), 0, qkv.device)
-            ed = e if keep is None else torch.where(keep, e, 0.0) * rescale
-            stats = (top, e.sum(-1), ed @ gqkv[2])
         bias = None if bias is None else bias[:, None]
+        stats = None
         for part in partitions:  # each token sits in exactly one window of a partition
-            top = qkv.new_empty((heads, n))
-            total = qkv.new_empty((heads, n))
-            out = qkv.new_empty((heads, n, dh))
-            for number, idx, mask, valid in part.chunks():
-                e = _logits(blocks, idx, mask, bias, scale)  # (H, c, side^2, side^2)
-                m = e.amax(dim=-1)
-                e.sub_(torch.nan_to_num(m, neginf=0.0)[..., None]).exp_()  # in place: temporaries
-                keep, rescale = _keep_mask(e.shape, p, seed, part.part, number, qkv.device)
-                ed = e if keep is None else torch.where(keep, e, 0.0).mul_(rescale)
-                rows = valid.reshape(-1)
-                tokens = idx.reshape(-1)[rows]
-                top[:, tokens] = m.flatten(1)[:, rows]
-                total[:, tokens] = e.sum(-1).flatten(1)[:, rows]
-                out[:, tokens] = (ed @ blocks.get(2, idx)).flatten(1, 2)[:, rows]
-            stats = (top, total, out) if stats is None else _merge(stats, (top, total, out))
+            part_stats = _local_stats(blocks, part, bias, p, seed)
+            stats = part_stats if stats is None else _merge_into(stats, *part_stats)
+        if gqkv is not None:
+            e = qkv[0] @ gqkv[1].transpose(-1, -2)  # (H, N, G)
+            top = e.amax(dim=-1)
+            e.sub_(top[..., None]).exp_()
+            total = e.sum(-1)
+            drop = _drop_mask(e.shape, p, seed, len(partitions), 0, qkv.device)
+            if drop is not None:
+                e.masked_fill_(drop, 0.0)
+            stats = _merge_into(stats, top, total, weights_b=e, values_b=gqkv[2])
         top, total, out = stats
-        out /= total[..., None]
+        rescale = dropout_rescale(p)
+        out.div_((total / rescale)[..., None])
         lse = top + torch.log(total)
         ctx.save_for_backward(qkv, gqkv, bias, cells, out, lse)
-        ctx.position, ctx.partitions, ctx.scale, ctx.p, ctx.seed = (
-            position,
-            partitions,
-            scale,
-            p,
-            seed,
-        )
+        ctx.position, ctx.partitions, ctx.p, ctx.seed = position, partitions, p, seed
+        ctx.rescale = rescale
         return out
 
     @staticmethod
     def backward(ctx, d_out):
         qkv, gqkv, bias, cells, out, lse = ctx.saved_tensors
-        scale, p, seed = ctx.scale, ctx.p, ctx.seed
+        p, seed, rescale = ctx.p, ctx.seed, ctx.rescale
         blocks = _Blocks(qkv, ctx.position, cells)
         d_out = d_out.contiguous()
-        delta = (d_out * out).sum(-1)  # (H, N): rowsum(dA * A) of the softmax backward
+        # rowsum(dA * A) of the softmax backward, divided by the dropout rescale: the local
+        # gradients below are computed without the rescale, which is applied once at the end.
+        delta = (d_out * out).sum(-1).div_(rescale)  # (H, N)
         d_qkv = torch.zeros_like(qkv)
         dbias = None if bias is None else torch.zeros_like(bias)
         for part in ctx.partitions:
             for number, idx, mask, valid in part.chunks():
                 qb, kb, vb = blocks.get(0, idx), blocks.get(1, idx), blocks.get(2, idx)
                 dob = _gather(d_out, idx)
-                a = _logits(blocks, idx, mask, bias, scale, qb, kb)
+                a = _logits(blocks, idx, mask, bias, qb, kb)
                 row_lse = torch.where(valid, _gather(lse, idx), float("inf"))
                 a.sub_(row_lse[..., None]).exp_()  # probabilities; empty query slots: 0
-                keep, rescale = _keep_mask(a.shape, p, seed, part.part, number, qkv.device)
-                ds = dob @ vb.transpose(-1, -2)  # d(dropped probabilities)
-                if keep is not None:
-                    ds = torch.where(keep, ds, 0.0).mul_(rescale)
-                ds.sub_(_gather(delta, idx)[..., None]).mul_(a)  # d(logits)
-                if keep is not None:
-                    a = torch.where(keep, a, 0.0).mul_(rescale)
+                drop = _drop_mask(a.shape, p, seed, part.part, number, qkv.device)
+                ds = dob @ vb.transpose(-1, -2)  # d(kept probabilities) / rescale
+                if drop is not None:
+                    ds.masked_fill_(drop, 0.0)
+                ds.sub_(_gather(delta, idx)[..., None]).mul_(a)  # d(logits) / rescale
+                if drop is not None:
+                    a.masked_fill_(drop, 0.0)
                 flat = idx.reshape(-1)
                 d_qkv[2].index_add_(1, flat, (a.transpose(-1, -2) @ dob).flatten(1, 2))
                 if dbias is not None:
                     dbias += ds.sum(1, keepdim=True)
-                ds.mul_(scale)
                 d_qkv[0].index_add_(1, flat, blocks.unrotate((ds @ kb).flatten(1, 2), flat))
                 d_qkv[1].index_add_(
                     1, flat, blocks.unrotate((ds.transpose(-1, -2) @ qb).flatten(1, 2), flat)
                 )
+        if rescale != 1.0:
+            d_qkv.mul_(rescale)
+            if dbias is not None:
+                dbias.mul_(rescale)
         d_gqkv = None
         if gqkv is not None:
             q, gk, gv = qkv[0], gqkv[1], gqkv[2]
-            s = (q @ gk.transpose(-1, -2)) * scale
-            a = torch.exp(s - lse[..., None])
-            keep, rescale = _keep_mask(a.shape, p, seed, len(ctx.partitions), 0, qkv.device)
+            a = torch.exp(q @ gk.transpose(-1, -2) - lse[..., None])  # (H, N, G)
+            drop = _drop_mask(a.shape, p, seed, len(ctx.partitions), 0, qkv.device)
             da = d_out @ gv.transpose(-1, -2)
-            if keep is not None:
-                da = torch.where(keep, da, 0.0) * rescale
-            ds = a * (da - delta[..., None]) * scale
-            if keep is not None:
-                a = torch.where(keep, a, 0.0) * rescale
+            if drop is not None:
+                da.masked_fill_(drop, 0.0)
+            ds = a * (da - delta[..., None]) * rescale
+            if drop is not None:
+                a.masked_fill_(drop, 0.0)
+            a.mul_(rescale)
             d_gqkv = torch.zeros_like(gqkv)
             d_gqkv[1] = ds.transpose(-1, -2) @ q
             d_gqkv[2] = a.transpose(-1, -2) @ d_out
             d_qkv[0] += ds @ gk
         dbias = None if dbias is None else dbias[:, 0]
-        return d_qkv, d_gqkv, dbias, None, None, None, None, None, None
+        return d_qkv, d_gqkv, dbias, None, None, None, None, None
 
 
 class SparseWindowAttention(nn.Module):
-    """Pre-norm multi-head attention over window neighbourhoods plus global tokens.
-
-    LayerNorm and the qkv projection are recomputed in the backward pass rather than keeping
-    the normalised input (the qkv output itself is kept by the kernel).
-    """
+    """Pre-norm multi-head attention over window neighbourhoods plus global tokens."""
 
     def __init__(
         self,
@@ -228,14 +248,19 @@ class SparseWindowAttention(nn.Module):
         self.scale = self.head_dim**-0.5
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = DropoutLinear(dim, dim, proj_dropout)
         self.attn_dropout = attn_dropout
-        self.proj_drop = MaskDropout(proj_dropout)
         self.position = position_encoding(position, heads, side, self.head_dim, rope_theta)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) residual stream -> head-major (3, H, N, dh) unscaled queries, keys, values."""
-        qkv = self.qkv(self.norm(x)).view(len(x), 3, self.heads, self.head_dim)
+        """(N, D) residual stream -> head-major (3, H, N, dh) queries (already multiplied by
+        1 / sqrt(dh)), keys and values."""
+        # Scaling the query rows of the weights avoids a pass over q or over the logits.
+        dim = self.heads * self.head_dim
+        weight, bias = (
+            torch.cat([t[:dim] * self.scale, t[dim:]]) for t in (self.qkv.weight, self.qkv.bias)
+        )
+        qkv = F.linear(self.norm(x), weight, bias).view(len(x), 3, self.heads, self.head_dim)
         return qkv.permute(1, 2, 0, 3).contiguous()
 
     def forward(
@@ -262,18 +287,17 @@ class SparseWindowAttention(nn.Module):
             self.position,
             cells,
             partitions,
-            self.scale,
             p,
             seed,
         )  # (H, N, dh)
-        x_out = self.proj_drop(self.proj(out.transpose(0, 1).reshape(n, dim)))
+        x_out = self.proj(out.transpose(0, 1).reshape(n, dim))
         if tokens is None:
             return x_out, None
         # Global tokens attend to every token and to each other (no position term).
         gq, gk, gv = gqkv
-        g_logits = self.scale * torch.cat(
+        g_logits = torch.cat(
             [gq @ qkv[1].transpose(-1, -2), gq @ gk.transpose(-1, -2)], dim=-1
         )  # (H, G, N + G)
         g_weights = nn.functional.dropout(g_logits.softmax(dim=-1), p, self.training)
         g_out = g_weights[..., :n] @ qkv[2] + g_weights[..., n:] @ gv  # (H, G, dh)
-        return x_out, self.proj_drop(self.proj(g_out.transpose(0, 1).reshape(len(tokens), dim)))
+        return x_out, self.proj(g_out.transpose(0, 1).reshape(len(tokens), dim))
