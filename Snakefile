@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/demo.smk"
 include: "workflow/rules/slides.smk"
@@ -23,9 +26,10 @@ rule all:
         f"{RESULTS}/qc/summary.tsv",
         expand(f"{RESULTS}/qc/{{slide}}.png", slide=PATCHED),
         expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
-        expand(f"{RESULTS}/{{experiment}}/report.md", experiment=EXPERIMENTS),
+        expand(f"{RESULTS}/{{experiment}}/report.md", experiment=RUN_EXPERIMENTS),
+        [f"{RESULTS}/{name}/sweep.png" for name in RUN_EXPERIMENTS if name in SWEEPS],
         [
-            f"{RESULTS}/{experiment}/{variant}/predictions.csv"
-            for experiment, variants in EXPERIMENTS.items()
-            for variant in variants
+            f"{RESULTS}/{name}/{variant}/predictions.csv"
+            for name in RUN_EXPERIMENTS
+            for variant in EXPERIMENTS[name]
         ],

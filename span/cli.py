@@ -64,6 +64,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpanError as exc:
         log.error("%s", exc)
         return 1
+    except Exception:  # into the job's log file too, not only stderr
+        log.exception("unexpected error in `span %s` (a bug: please report it)", args.stage)
+        return 1
     return 0
 
 

@@ -202,3 +202,20 @@ def test_unknown_reference(tmp_path: Path) -> None:
     variants = _experiment(tmp_path, ["a", "b"])
     with pytest.raises(SpanError, match="reference variant 'nope'"):
         write_report(tmp_path / "r", "e", variants, "nope", ["a", "b"])
+
+
+def test_sweep_plot_orders_by_value_and_names_missing_variants(tmp_path):
+    from span.evaluation.sweep import plot_sweep
+
+    table = tmp_path / "results.csv"
+    table.write_text(
+        "variant,accuracy_mean,accuracy_std,peak_memory_mb,peak_memory_kind\n"
+        "w6,0.8,0.05,900,peak RSS (CPU)\nw2,0.7,n/a,400,peak RSS (CPU)\n"
+        "w4,0.75,0.02,n/a,peak RSS (CPU)\n"
+    )
+    rows = plot_sweep(table, "window_side", {"w6": 6, "w2": 2, "w4": 4}, tmp_path / "s.png")
+    assert list(rows["variant"]) == ["w2", "w4", "w6"] and list(rows["value"]) == [2, 4, 6]
+    assert (tmp_path / "s.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(SpanError, match=r"no row for variant\(s\) \['w8'\]"):
+        plot_sweep(table, "window_side", {"w6": 6, "w8": 8}, tmp_path / "t.png")
+    assert not (tmp_path / "t.png").exists()

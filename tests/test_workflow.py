@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
@@ -56,15 +57,24 @@ def base_config(sheet: Path) -> dict:
 FEATURES = Path("results", "tiny", "features", "resnet50-layer3")
 
 
-def test_default_config_plans_demo_and_patching(tmp_path):
-    shutil.copytree(REPO / "config", tmp_path / "config")
-    res = snakemake(tmp_path, "-n", "--quiet", "rules")
-    assert res.returncode == 0, res.stdout
+def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
+    """Job counts per rule from the `Job stats` table of a dry run ({} when nothing to do)."""
+    assert res.returncode == 0, res.stdout[-3000:]
     counts = {}
-    for line in res.stdout.splitlines():
+    lines = res.stdout.splitlines()
+    start = lines.index("Job stats:") if "Job stats:" in lines else len(lines)
+    for line in lines[start:]:
         parts = line.split()
+        if parts and parts[0] == "total":
+            break
         if len(parts) == 2 and parts[1].isdigit():
             counts[parts[0]] = int(parts[1])
+    return counts
+
+
+def test_default_config_plans_demo_and_patching(tmp_path):
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    counts = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules"))
     n = len((REPO / "config" / "demo_samples.tsv").read_text().splitlines()) - 1
     assert n == 16
     assert counts["demo_slide"] == n and counts["patch"] == n and counts["qc_summary"] == 1
@@ -197,11 +207,16 @@ def test_workflow_lint_is_clean():
     assert res.returncode == 0 and "Lints for" not in res.stdout, res.stdout
 
 
-def test_end_to_end_tiny_cohort(tmp_path):
-    """Raw slides -> patches -> features -> splits -> 2 models x 2 seeds -> report, predictions
-    and heatmaps, checked by content."""
-    import openslide
+#: Tests sharing the tiny run: one xdist worker runs them all (make test: --dist loadgroup).
+TINY_RUN = pytest.mark.xdist_group("tiny_run")
 
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny cohort run once end to end: 8 labelled slides with an explicit split and an
+    unlabelled one, 2 seeds, 2 epochs; experiments `tiny` (SPAN, ABMIL) and `sweep` (SPAN at
+    window sides 2 and 4). Returns (workdir, config, sheet rows)."""
+    tmp_path = tmp_path_factory.mktemp("tiny")
     rows = []
     splits = ["train", "train", "train", "train", "val", "val", "test", "test"]
     for i, split in enumerate(splits):
@@ -213,19 +228,39 @@ def test_end_to_end_tiny_cohort(tmp_path):
     rows.append(("unlabelled", "unlabelled.tiff", "", ""))
     sheet = write_sheet(tmp_path / "s.tsv", rows, header=("slide_id", "path", "label", "split"))
     config = base_config(sheet)
+    tiny_span = {"embed_dim": 32, "heads": 4}
     config.update(
         seeds=[0, 1],
         training={"epochs": 2, "patience": 2, "threads": 1, "standardize": True},
         experiments={
             "tiny": [
-                {"model": "span", "hparams": {"embed_dim": 32, "heads": 4}},
+                {"model": "span", "hparams": tiny_span},
                 {"model": "abmil", "hparams": {"hidden": 64, "attention_hidden": 16}},
-            ]
+            ],
+            "sweep": [
+                {
+                    "model": "span",
+                    "name": f"w{side}",
+                    "label": f"{side}x{side}",
+                    "hparams": {**tiny_span, "window_side": side},
+                }
+                for side in (2, 4)
+            ],
         },
         predict={"heatmaps": ["span", "abmil"], "heatmap_max_side": 300},
     )
     res = snakemake(tmp_path, "--cores", "2", config=config)
     assert res.returncode == 0, res.stdout[-3000:]
+    return tmp_path, config, rows
+
+
+@TINY_RUN
+def test_end_to_end_tiny_cohort(tiny_run):
+    """Raw slides -> patches -> features -> splits -> 2 models x 2 seeds -> report, predictions
+    and heatmaps, checked by content."""
+    import openslide
+
+    tmp_path, _, rows = tiny_run
     out = tmp_path / "results" / "tiny" / "tiny"
 
     with (out / "results.csv").open() as f:
@@ -242,6 +277,7 @@ def test_end_to_end_tiny_cohort(tmp_path):
     assert run["training"]["standardize"] is True and run["seed"] == 1
     report = (out / "report.md").read_text()
     assert report.startswith("> **WARNING") and "| Method | Accuracy" in report
+    assert "sweep.png" not in report
 
     for variant in ("span", "abmil"):
         with (out / variant / "predictions.csv").open() as f:
@@ -255,3 +291,136 @@ def test_end_to_end_tiny_cohort(tmp_path):
                 expected = slide.get_thumbnail((300, 300)).size
             heatmap = plt.imread(out / variant / "heatmaps" / f"{slide_id}.png")
             assert heatmap.shape[1::-1] == expected
+
+
+@TINY_RUN
+def test_sweep_experiment_gets_its_plot_and_labels(tiny_run):
+    tmp_path, *_ = tiny_run
+    out = tmp_path / "results" / "tiny" / "sweep"
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["variant"], r["method"]) for r in table] == [("w2", "2x2"), ("w4", "4x4")]
+    assert plt.imread(out / "sweep.png").shape[0] > 100
+    report = (out / "report.md").read_text()
+    assert "![Sweep over window_side](sweep.png)" in report and "| 4x4 |" in report
+    log = (tmp_path / "results" / "tiny" / "logs" / "sweep_plot" / "sweep.log").read_text()
+    assert "window_side = 2: accuracy" in log and "window_side = 4: accuracy" in log
+
+
+@TINY_RUN
+def test_config_edits_rerun_only_the_affected_stages(tiny_run):
+    """Rerun semantics through params: what a stage reads from config triggers it and its
+    downstream jobs only."""
+    tmp_path, config, _ = tiny_run
+    assert planned_jobs(snakemake(tmp_path, "-n", config=config)) == {}
+
+    edited = {**config, "training": {**config["training"], "lr": 3e-4}}
+    counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
+    assert set(counts) == {"train", "evaluate", "predict", "sweep_plot", "all"}, counts
+    assert counts["train"] == 8 and counts["evaluate"] == 2 and counts["predict"] == 4
+
+    edited = {**config, "predict": {**config["predict"], "heatmap_max_side": 200}}
+    assert set(planned_jobs(snakemake(tmp_path, "-n", config=edited))) == {"predict", "all"}
+
+    edited = {**config, "patching": {"min_tissue_fraction": 0.5}}
+    counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
+    assert counts["patch"] == 9 and counts["qc_summary"] == 1 and counts["extract"] == 9
+    assert counts["train"] == 8 and counts["evaluate"] == 2 and counts["sweep_plot"] == 1
+    assert "split" not in counts  # the split depends on the labelled rows only
+
+
+def embedded_file(html: str, path: Path) -> bytes:
+    """A file embedded in a `snakemake --report` HTML (a base64 data URI under its path)."""
+    start = html.index(f'"{path}": {{')
+    uri = html.index('"data_uri": "', start) + len('"data_uri": "')
+    return base64.b64decode(html[uri : html.index('"', uri)].split("base64,", 1)[1])
+
+
+@TINY_RUN
+def test_html_report_holds_tables_and_figures(tiny_run):
+    tmp_path, config, _ = tiny_run
+    res = snakemake(tmp_path, "--report", "report.html", config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    results = Path("results", "tiny")
+    for name in ("tiny/results.csv", "tiny/report.md", "sweep/results.csv"):
+        assert embedded_file(html, results / name) == (tmp_path / results / name).read_bytes()
+    expected = [
+        "tiny/roc.png",
+        "sweep/roc.png",
+        "sweep/sweep.png",
+        "qc/s0.png",
+        "tiny/span/heatmaps/s0.png",
+        "tiny/abmil/heatmaps/unlabelled.png",
+    ]
+    for name in expected:
+        assert embedded_file(html, results / name)[:4] == b"\x89PNG", name
+
+
+@pytest.mark.parametrize(
+    ("experiment", "expected"),
+    [
+        ("main", {"train": 21, "evaluate": 1, "predict": 7}),
+        ("ablation", {"train": 24, "evaluate": 1, "predict": 8}),
+        ("window_sweep", {"train": 18, "evaluate": 1, "predict": 6, "sweep_plot": 1}),
+    ],
+)
+def test_experiment_sets_expand_to_their_jobs(tmp_path, experiment, expected):
+    """The shipped experiments (3 seeds in the demo config): one training job per variant and
+    seed, one evaluation, one prediction job per variant, a sweep plot for the sweep only."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    res = snakemake(
+        tmp_path, "-n", "--quiet", "rules", "--config", f"run_experiments=[{experiment}]"
+    )
+    counts = planned_jobs(res)
+    assert {k: counts.get(k, 0) for k in ("train", "evaluate", "predict", "sweep_plot")} == {
+        "sweep_plot": 0,
+        **expected,
+    }
+
+
+def workflow_rules(*config_args: str):
+    """The parsed workflow's rules (Snakemake API), with `--config` style overrides."""
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import ConfigSettings, ResourceSettings
+
+    overrides = dict(arg.split("=", 1) for arg in config_args)
+    with SnakemakeApi() as api:
+        workflow = api.workflow(
+            resource_settings=ResourceSettings(),
+            config_settings=ConfigSettings(config=overrides),
+            snakefile=REPO / "Snakefile",
+            workdir=REPO,
+        )
+        return [r for r in workflow._workflow.rules if r.name != "all"]
+
+
+def test_every_rule_has_a_conda_env_log_and_benchmark():
+    rules = workflow_rules()
+    assert {r.name for r in rules} >= {"patch", "extract", "split", "train", "evaluate", "predict"}
+    for rule in rules:
+        env = Path(str(rule.basedir), str(rule.conda_env))
+        assert rule.conda_env and env.resolve().is_file(), (rule.name, rule.conda_env)
+        assert rule.log and rule.benchmark, rule.name
+    envs = {r.name: Path(str(r.conda_env)).name for r in workflow_rules("training_env=cuda")}
+    assert envs["train"] == envs["predict"] == "training-cuda.yaml"
+    assert envs["split"] == envs["evaluate"] == "training.yaml"
+
+
+def test_conda_envs_parse_and_pin_what_pyproject_pins():
+    pins = {
+        line.split("==")[0].strip(' "'): line.split("==")[1].strip(' ",')
+        for line in (REPO / "pyproject.toml").read_text().splitlines()
+        if "==" in line and line.strip().startswith('"torch')
+    }
+    assert set(pins) == {"torch", "torchvision"}
+    files = sorted((REPO / "envs").glob("*.yaml"))
+    assert {f.stem for f in files} >= {"slides", "features", "training", "training-cuda"}
+    for path in files:
+        env = yaml.safe_load(path.read_text())
+        assert env["channels"][0] == "conda-forge" and "nodefaults" in env["channels"], path
+        pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+        torch_pins = {p.split("==")[0]: p.split("==")[1] for p in pip if p.startswith("torch")}
+        assert torch_pins in ({}, pins), (path, torch_pins)
+    cuda = yaml.safe_load((REPO / "envs" / "training-cuda.yaml").read_text())
+    assert any(p.startswith("spconv-cu120") for p in cuda["dependencies"][-1]["pip"])

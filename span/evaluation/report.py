@@ -77,6 +77,11 @@ class VariantResult:
     name: str
     runs: list[SeedRun]
     per_seed: list[dict] = field(default_factory=list)
+    label: str | None = None  # display name from the config, else the paper's for the model
+
+    @property
+    def display(self) -> str:
+        return self.label or display_name(self.name)
 
     @property
     def avg_probs(self) -> np.ndarray:
@@ -220,9 +225,13 @@ def _align(raw: tuple, order: list[str], labels: np.ndarray, ref_file: Path) -> 
 
 
 def load_results(
-    variants: Mapping[str, Sequence[str | Path]], reference: str, classes: Sequence[str]
+    variants: Mapping[str, Sequence[str | Path]],
+    reference: str,
+    classes: Sequence[str],
+    labels: Mapping[str, str] | None = None,
 ) -> dict[str, VariantResult]:
-    """Load and cross-check every seed of every variant (same slides and labels everywhere)."""
+    """Load and cross-check every seed of every variant (same slides and labels everywhere);
+    `labels` maps variants to display names."""
     if len(classes) < 2:
         raise ValueError("need at least 2 classes")
     if reference not in variants:
@@ -233,11 +242,11 @@ def load_results(
         )
     raw = {name: _load_variant(name, dirs, classes) for name, dirs in variants.items()}
     ref0 = raw[reference][0]
-    order, labels, ref_file = ref0[2], ref0[3], ref0[0] / PREDICTIONS
+    order, truth, ref_file = ref0[2], ref0[3], ref0[0] / PREDICTIONS
     results = {}
     for name, runs in raw.items():
-        aligned = sorted((_align(r, order, labels, ref_file) for r in runs), key=lambda r: r.seed)
-        result = VariantResult(name, aligned)
+        aligned = sorted((_align(r, order, truth, ref_file) for r in runs), key=lambda r: r.seed)
+        result = VariantResult(name, aligned, label=(labels or {}).get(name))
         result.per_seed = [classification_metrics(r.y, r.probs) for r in aligned]
         results[name] = result
     return results
@@ -288,7 +297,7 @@ def _summarize(
     row: dict = {
         "variant": res.name,
         "model": ",".join(_unique(i["model"] for i in infos)),
-        "method": display_name(res.name),
+        "method": res.display,
         "n_seeds": len(res.runs),
         "seeds": ",".join(str(r.seed) for r in res.runs),
         "n_slides": len(res.runs[0].y),
@@ -407,7 +416,8 @@ def per_seed_rows(results: Mapping[str, VariantResult], classes: Sequence[str]) 
     rows = []
     for res in results.values():
         for run, m in zip(res.runs, res.per_seed, strict=True):
-            row = {"variant": res.name, "seed": run.seed, "directory": str(run.directory)}
+            row = {"variant": res.name, "method": res.display, "seed": run.seed}
+            row["directory"] = str(run.directory)
             row.update({k: m[k] for k in ("accuracy", "auc", "balanced_accuracy", "macro_f1")})
             row.update({f"auc_{c}": m[f"auc_{k}"] for k, c in enumerate(classes)})
             row.update({k: run.info[k] for k in _RUN_KEYS if k not in ("variant", "seed")})
@@ -589,7 +599,7 @@ def per_seed_table(seed_rows: Sequence[dict], classes: Sequence[str]) -> str:
         run = r["runtime_per_epoch_s"]
         mem = r["peak_memory_mb"]
         cells = [
-            _cell(display_name(r["variant"])),
+            _cell(r["method"]),
             str(r["seed"]),
             f3(r["accuracy"]),
             *map(f3, auc_vals),
@@ -636,7 +646,7 @@ def plot_roc(
                 ax.text(0.5, 0.5, f"ROC undefined: {why}", ha="center", transform=ax.transAxes)
                 break
             fpr, tpr = _roc_points(y, scores)
-            ax.plot(fpr, tpr, lw=1.5, label=f"{display_name(res.name)} (AUC = {value:.3f})")
+            ax.plot(fpr, tpr, lw=1.5, label=f"{res.display} (AUC = {value:.3f})")
         ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="grey")
         ax.set(
             xlim=(-0.01, 1.01),
@@ -675,15 +685,20 @@ def write_report(
     n_bootstrap: int = 1000,
     seed: int = 0,
     alpha: float = 0.05,
+    labels: Mapping[str, str] | None = None,
+    sweep: str | None = None,
 ) -> dict:
     """Write results.csv, results_per_seed.csv, results.md, roc.png and report.md; return paths.
 
     `device`, `encoder_weights` and `excluded` ((slide_id, reason) pairs) default to the values
-    recorded in the runs' metrics.json (`excluded` there is optional).
+    recorded in the runs' metrics.json (`excluded` there is optional). `labels` maps variants
+    to display names; `sweep` names the hyperparameter of a sweep experiment, whose plot
+    (sweep.png, written by `span sweep-plot`) the report then shows.
     """
     out_dir = Path(out_dir)
     classes = list(classes)
-    results = load_results(variants, reference, classes)
+    results = load_results(variants, reference, classes, labels)
+    reference_name = results[reference].display
     rows = summarize(results, reference, classes, n_bootstrap=n_bootstrap, seed=seed, alpha=alpha)
     seed_rows = per_seed_rows(results, classes)
     infos = [r.info for res in results.values() for r in res.runs]
@@ -714,7 +729,7 @@ def write_report(
     table_no = "Table 1" if len(classes) == 2 else "Table 2"
     caption = (
         f"{table_no} layout: comparison of methods on {cohort or experiment} with statistical "
-        f"significance (p-values) compared to {display_name(reference)}."
+        f"significance (p-values) compared to {reference_name}."
     )
     notes = Footnotes()
     table = results_table(rows, classes, notes)
@@ -738,7 +753,7 @@ def write_report(
         f"- Classes: {', '.join(classes)}; {n_slides} test slides",
         f"- Device: {devices}",
         f"- Encoder weights: {weights}",
-        f"- Reference (p-values): {display_name(reference)}",
+        f"- Reference (p-values): {reference_name}",
         f"- Bootstrap: {n_bootstrap} resamples of the slides, seed {seed}",
     ]
     if len(run_weights) > 1:
@@ -753,6 +768,11 @@ def write_report(
         f"{secondary_table(rows, classes, notes, alpha)}\n"
     )
     parts.append("## ROC curves\n\n![ROC curves](roc.png)\n")
+    if sweep:
+        parts.append(
+            f"## Sweep over {sweep}\n\nAccuracy and peak memory against {sweep} "
+            f"(the paper's Figure 4):\n\n![Sweep over {sweep}](sweep.png)\n"
+        )
     if excluded:
         ex = "| Slide | Reason |\n|---|---|\n" + "\n".join(
             f"| {_cell(s)} | {_cell(r)} |" for s, r in excluded

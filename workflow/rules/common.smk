@@ -105,6 +105,37 @@ def _experiment(name, entries):
 
 EXPERIMENTS = {name: _experiment(name, entries) for name, entries in config["experiments"].items()}
 SEEDS = config["seeds"]
+# Conda env (relative to workflow/rules/) of the training and prediction jobs.
+TRAINING_ENV = {"cpu": "../../envs/training.yaml", "cuda": "../../envs/training-cuda.yaml"}[
+    config["training_env"]
+]
+RUN_EXPERIMENTS = config["run_experiments"] or list(EXPERIMENTS)
+for _name in RUN_EXPERIMENTS:
+    if _name not in EXPERIMENTS:
+        raise WorkflowError(f"invalid config, run_experiments: {_name!r} is not an experiment; "
+                            f"choose from {', '.join(EXPERIMENTS)}")
+
+
+def sweep_parameter(variants):
+    """The hyperparameter an experiment sweeps, or None: all variants share a model and set
+    one numeric hparam to distinct values, and nothing else differs (e.g. window_sweep)."""
+    models = {v["model"] for v in variants.values()}
+    keys = {frozenset(v["hparams"]) for v in variants.values()}
+    if len(models) != 1 or len(keys) != 1 or any(v["teacher"] for v in variants.values()):
+        return None
+    varying = [
+        k for k in next(iter(keys)) if len({json.dumps(v["hparams"][k]) for v in variants.values()}) > 1
+    ]
+    if len(varying) != 1 or len(variants) < 2:
+        return None
+    values = [v["hparams"][varying[0]] for v in variants.values()]
+    numeric = all(isinstance(x, int | float) and not isinstance(x, bool) for x in values)
+    return varying[0] if numeric and len(set(values)) == len(values) else None
+
+
+SWEEPS = {
+    name: key for name, variants in EXPERIMENTS.items() if (key := sweep_parameter(variants))
+}
 
 
 def features_dir(wildcards, input):
@@ -143,6 +174,19 @@ def evaluation_runs(w):
         "--run " + " ".join([v, *(run_dir(w.experiment, v, s) for s in SEEDS)])
         for v in EXPERIMENTS[w.experiment]
     )
+
+
+def variant_labels(w):
+    """JSON {variant: display label} of the variants that set `label` (tables and plots)."""
+    labels = {n: v["label"] for n, v in EXPERIMENTS[w.experiment].items() if v.get("label")}
+    return shlex.quote(json.dumps(labels, sort_keys=True))
+
+
+def sweep_values(w):
+    """JSON {variant: value of the swept hyperparameter} of a sweep experiment."""
+    key = SWEEPS[w.experiment]
+    values = {n: v["hparams"][key] for n, v in EXPERIMENTS[w.experiment].items()}
+    return shlex.quote(json.dumps(values, sort_keys=True))
 
 
 def cli_options(section, skip=()):

@@ -11,14 +11,19 @@ rule evaluate:
         ),
     output:
         report(f"{RESULTS}/{{experiment}}/report.md", caption="../report/report.rst",
-               category="Results"),
-        table=f"{RESULTS}/{{experiment}}/results.csv",
+               category="{experiment}", subcategory="Tables", labels={"file": "report.md"}),
+        table=report(f"{RESULTS}/{{experiment}}/results.csv", caption="../report/results.rst",
+                     category="{experiment}", subcategory="Tables",
+                     labels={"file": "results.csv"}),
         markdown=f"{RESULTS}/{{experiment}}/results.md",
-        roc=f"{RESULTS}/{{experiment}}/roc.png",
+        roc=report(f"{RESULTS}/{{experiment}}/roc.png", caption="../report/roc.rst",
+                   category="{experiment}", subcategory="Figures", labels={"file": "roc.png"}),
     params:
         runs=evaluation_runs,
         classes=config["classes"],
         cohort=COHORT,
+        labels=variant_labels,
+        sweep=lambda w: f"--sweep {SWEEPS[w.experiment]}" if w.experiment in SWEEPS else "",
         out=lambda w: f"{RESULTS}/{w.experiment}",
     log:
         f"{RESULTS}/logs/evaluate/{{experiment}}.log",
@@ -31,7 +36,34 @@ rule evaluate:
         "../../envs/training.yaml"
     shell:
         "python -m span --log {log} evaluate {params.runs} --experiment {wildcards.experiment}"
-        " --cohort {params.cohort} --classes {params.classes} --out {params.out}"
+        " --cohort {params.cohort} --classes {params.classes} --labels {params.labels}"
+        " {params.sweep} --out {params.out}"
+
+
+rule sweep_plot:
+    input:
+        f"{RESULTS}/{{experiment}}/results.csv",
+    output:
+        report(f"{RESULTS}/{{experiment}}/sweep.png", caption="../report/sweep.rst",
+               category="{experiment}", subcategory="Figures", labels={"file": "sweep.png"}),
+    params:
+        parameter=lambda w: SWEEPS[w.experiment],
+        values=sweep_values,
+        labels=variant_labels,
+    wildcard_constraints:
+        experiment=one_of(SWEEPS),
+    log:
+        f"{RESULTS}/logs/sweep_plot/{{experiment}}.log",
+    benchmark:
+        f"{RESULTS}/benchmarks/sweep_plot/{{experiment}}.tsv"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/training.yaml"
+    shell:
+        "python -m span --log {log} sweep-plot --results {input} --parameter {params.parameter}"
+        " --values {params.values} --labels {params.labels} --out {output}"
 
 
 rule predict:
@@ -43,7 +75,14 @@ rule predict:
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
     output:
         predictions=f"{RESULTS}/{{experiment}}/{{variant}}/predictions.csv",
-        heatmaps=directory(f"{RESULTS}/{{experiment}}/{{variant}}/heatmaps"),
+        heatmaps=report(
+            directory(f"{RESULTS}/{{experiment}}/{{variant}}/heatmaps"),
+            patterns=["{slide}.png"],
+            caption="../report/heatmap.rst",
+            category="{experiment}",
+            subcategory="Heatmaps: {variant}",
+            labels={"slide": "{slide}"},
+        ),
     params:
         sheet=config["samples"],
         classes=config["classes"],
@@ -65,7 +104,7 @@ rule predict:
         mem_mb=8000,
         runtime=120,
     conda:
-        "../../envs/training.yaml"
+        TRAINING_ENV
     shell:
         "mkdir -p {output.heatmaps} && python -m span --log {log} predict"
         " --samples {params.sheet:q} --classes {params.classes}"

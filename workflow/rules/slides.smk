@@ -7,7 +7,8 @@ rule patch:
         slide=lambda w: SAMPLES[w.slide].path,
     output:
         h5=f"{RESULTS}/patches/{{slide}}.h5",
-        qc=f"{RESULTS}/qc/{{slide}}.png",
+        qc=report(f"{RESULTS}/qc/{{slide}}.png", caption="../report/qc.rst", category="Slides",
+                  subcategory="QC thumbnails", labels={"slide": "{slide}"}),
     params:
         options=cli_options(config["patching"]),
     log:

@@ -55,7 +55,7 @@ rule train:
         mem_mb=16000,
         runtime=720,
     conda:
-        "../../envs/training.yaml"
+        TRAINING_ENV
     shell:
         "python -m span --log {log} train --splits {input.splits}"
         " --features-dir {params.features_dir} --classes {params.classes}"
