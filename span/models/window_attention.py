@@ -71,12 +71,13 @@ class _Blocks:
     def __init__(self, qkv: torch.Tensor, position, cells: torch.Tensor | None) -> None:
         self.qkv, self.position, self.cells = qkv, position, cells
 
-    def get(self, which: int, idx: torch.Tensor) -> torch.Tensor:
-        """(c, side^2) token indices -> (H, c, side^2, dh) block of q (0), k (1) or v (2)."""
-        t = _gather(self.qkv[which], idx)
-        if which < 2 and self.position.rotates:
-            t = self.position.rotate(t, self.cells[idx])
-        return t
+    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(c, side^2) token indices -> (H, c, side^2, dh) blocks of q, k and v (one gather)."""
+        q, k, v = self.qkv.index_select(2, idx.reshape(-1)).unflatten(2, idx.shape)
+        if self.position.rotates:
+            cells = self.cells[idx]
+            q, k = self.position.rotate(q, cells), self.position.rotate(k, cells)
+        return q, k, v
 
     def unrotate(self, grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
         """(H, rows, dh) gradient w.r.t. rotated q or k -> w.r.t. the stored ones."""
@@ -85,11 +86,9 @@ class _Blocks:
         return self.position.rotate(grad, self.cells[flat], inverse=True)
 
 
-def _logits(blocks, idx, mask, bias, qb=None, kb=None) -> torch.Tensor:
+def _logits(qb, kb, mask, bias) -> torch.Tensor:
     """Biased, masked window logits (H, c, side^2, side^2) of one chunk (a new tensor the
     caller may modify in place); queries come pre-scaled."""
-    qb = blocks.get(0, idx) if qb is None else qb
-    kb = blocks.get(1, idx) if kb is None else kb
     s = qb @ kb.transpose(-1, -2)
     if bias is not None:
         s.add_(bias)
@@ -104,7 +103,8 @@ def _local_stats(blocks, part: _Partition, bias, p: float, seed: int):
     total = blocks.qkv.new_empty((heads, n))
     out = blocks.qkv.new_empty((heads, n, dh))
     for number, idx, mask, valid in part.chunks():
-        e = _logits(blocks, idx, mask, bias)  # (H, c, side^2, side^2)
+        qb, kb, vb = blocks.get(idx)
+        e = _logits(qb, kb, mask, bias)  # (H, c, side^2, side^2)
         m = e.amax(dim=-1)
         e.sub_(torch.nan_to_num(m, neginf=0.0)[..., None]).exp_()  # in place: no temporaries
         rows = valid.reshape(-1)
@@ -114,7 +114,7 @@ def _local_stats(blocks, part: _Partition, bias, p: float, seed: int):
         drop = _drop_mask(e.shape, p, seed, part.part, number, e.device)
         if drop is not None:
             e.masked_fill_(drop, 0.0)
-        out[:, tokens] = (e @ blocks.get(2, idx)).flatten(1, 2)[:, rows]
+        out[:, tokens] = (e @ vb).flatten(1, 2)[:, rows]
     return top, total, out
 
 
@@ -184,9 +184,9 @@ class _WindowAttention(torch.autograd.Function):
         dbias = None if bias is None else torch.zeros_like(bias)
         for part in ctx.partitions:
             for number, idx, mask, valid in part.chunks():
-                qb, kb, vb = blocks.get(0, idx), blocks.get(1, idx), blocks.get(2, idx)
+                qb, kb, vb = blocks.get(idx)
                 dob = _gather(d_out, idx)
-                a = _logits(blocks, idx, mask, bias, qb, kb)
+                a = _logits(qb, kb, mask, bias)
                 row_lse = torch.where(valid, _gather(lse, idx), float("inf"))
                 a.sub_(row_lse[..., None]).exp_()  # probabilities; empty query slots: 0
                 drop = _drop_mask(a.shape, p, seed, part.part, number, qkv.device)
