@@ -11,6 +11,10 @@ from torch.utils.checkpoint import checkpoint
 
 #: Rows per chunk of `rowwise`: bounds the transient memory of per-token layers.
 ROW_CHUNK = 16384
+#: Bytes of input per chunk of `rowwise`: with the hidden layers of a feed-forward block (2x
+#: wider), every temporary stays below the 4 MB mmap threshold of `span.memory` and is reused
+#: from the heap instead of being page-faulted afresh (on CPU, slower than the GEMMs).
+ROW_BYTES = 1 << 20
 
 
 def drop_mask(shape, p: float, generator: torch.Generator | None = None, device=None):
@@ -78,12 +82,68 @@ def recompute_in_backward(fn, *args):
     return fn(*args)
 
 
-def rowwise(fn, x: torch.Tensor, rows: int = ROW_CHUNK) -> torch.Tensor:
-    """Apply a per-row function in chunks of rows, each recomputed in the backward pass, so
-    its intermediate activations never exist for all rows at once."""
-    if len(x) <= rows:
-        return recompute_in_backward(fn, x)
-    return torch.cat([recompute_in_backward(fn, x[i : i + rows]) for i in range(0, len(x), rows)])
+def rowwise(fn, x: torch.Tensor, params, rows: int | None = None) -> torch.Tensor:
+    """Apply a per-row function of `params` in chunks of rows (default: ROW_BYTES of x each),
+    each recomputed in the backward pass, so its intermediate activations never exist for
+    all rows at once. The output and the input's gradient are filled chunk by chunk into
+    one tensor each (autograd's own split/cat would hold every chunk's gradient at once)."""
+    params = tuple(params)
+    rows = rows or max(64, ROW_BYTES // (x.shape[1] * x.element_size()))
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return _RowChunks.apply(x, fn, rows, *params)
+    return _in_chunks(fn, x, rows)
+
+
+def _in_chunks(fn, x: torch.Tensor, rows: int, rng_states: list | None = None) -> torch.Tensor:
+    """fn over x in chunks of rows, into one output; records each chunk's RNG state."""
+    out = None
+    for start in range(0, len(x), rows):
+        if rng_states is not None:
+            rng_states.append(_rng_state(x.device))
+        y = fn(x[start : start + rows])
+        if out is None:
+            out = y.new_empty((len(x), *y.shape[1:]))
+        out[start : start + len(y)] = y
+    return out
+
+
+def _rng_state(device: torch.device) -> tuple:
+    """The RNG state that dropout on `device` draws from."""
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    return torch.get_rng_state(), cuda
+
+
+class _RowChunks(torch.autograd.Function):
+    """`rowwise` with gradients: the backward pass recomputes each chunk with its recorded
+    RNG state (the same dropout masks) and writes its input gradient in place."""
+
+    @staticmethod
+    def forward(ctx, x, fn, rows, *params):
+        ctx.fn, ctx.rows, ctx.rng_states = fn, rows, []
+        ctx.save_for_backward(x, *params)
+        return _in_chunks(fn, x, rows, ctx.rng_states)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *params = ctx.saved_tensors
+        dx = torch.empty_like(x)
+        d_params = [None] * len(params)
+        devices = [x.device] if x.device.type == "cuda" else []
+        for number, start in enumerate(range(0, len(x), ctx.rows)):
+            cpu_state, cuda_state = ctx.rng_states[number]
+            with torch.random.fork_rng(devices=devices), torch.enable_grad():
+                torch.set_rng_state(cpu_state)
+                if cuda_state is not None:
+                    torch.cuda.set_rng_state(cuda_state, x.device)
+                part = x[start : start + ctx.rows].detach().requires_grad_()
+                y = ctx.fn(part)
+            g = grad[start : start + len(part)]
+            grads = torch.autograd.grad(y, (part, *params), g, allow_unused=True)
+            dx[start : start + len(part)] = grads[0]
+            for k, gp in enumerate(grads[1:]):
+                if gp is not None:
+                    d_params[k] = gp if d_params[k] is None else d_params[k].add_(gp)
+        return dx, None, None, *d_params
 
 
 class FeedForward(nn.Module):

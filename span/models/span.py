@@ -49,7 +49,7 @@ class SpanLayer(nn.Module):
 
     def forward(self, x, tokens, grid, layout):
         ax, at = self.attn(x, tokens, grid, layout)
-        x = rowwise(self._ffn_residual, x + ax)
+        x = rowwise(self._ffn_residual, x + ax, [*self.norm.parameters(), *self.ffn.parameters()])
         if tokens is not None:
             tokens = self._ffn_residual(tokens + at)
         return x, tokens

@@ -22,8 +22,9 @@ from span.models.position import position_encoding
 from span.models.sparse import WindowLayout, Windows
 
 #: Elements of one chunk's (windows, heads, side^2, side^2) logits: bounds the working memory.
-#: 2 MB of float32 stays below the 4 MB mmap threshold of `span.memory`, so chunk buffers
-#: are reused from the heap instead of being mapped (and page-faulted) afresh every chunk.
+#: 2 MB of float32 (and blocks of q, k or v smaller still) stay below the 4 MB mmap threshold
+#: of `span.memory`, so chunk buffers are reused from the heap instead of being mapped (and
+#: page-faulted) afresh for every chunk, which on CPU costs more than the arithmetic.
 CHUNK_ELEMENTS = 1 << 19
 
 
@@ -72,8 +73,9 @@ class _Blocks:
         self.qkv, self.position, self.cells = qkv, position, cells
 
     def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(c, side^2) token indices -> (H, c, side^2, dh) blocks of q, k and v (one gather)."""
-        q, k, v = self.qkv.index_select(2, idx.reshape(-1)).unflatten(2, idx.shape)
+        """(c, side^2) token indices -> (H, c, side^2, dh) blocks of q, k and v (three gathers:
+        each stays below the mmap threshold, one for all three would not)."""
+        q, k, v = (_gather(t, idx) for t in self.qkv)
         if self.position.rotates:
             cells = self.cells[idx]
             q, k = self.position.rotate(q, cells), self.position.rotate(k, cells)
