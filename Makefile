@@ -26,4 +26,4 @@ lint: $(STAMP)
 	ruff format --check .
 
 test: lint
-	pytest -n 2 --dist loadgroup --durations=15
+	pytest -n 2 --dist loadfile --durations=15

@@ -1,0 +1,159 @@
+"""The workflow end to end on a tiny cohort, run once for the whole module (make test
+distributes tests by file, so one worker runs them all): outputs by content, sweeps,
+rerun semantics after config edits, and the HTML report."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import json
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pytest
+
+from span.slides.synthetic import render_tissue
+from span.slides.tiff_writer import write_pyramidal_tiff
+from tests.test_workflow import base_config, planned_jobs, snakemake, write_sheet
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny cohort run once end to end: 8 labelled slides with an explicit split and an
+    unlabelled one, 2 seeds, 2 epochs; experiments `tiny` (SPAN, ABMIL) and `sweep` (SPAN at
+    window sides 2 and 4). Returns (workdir, config, sheet rows)."""
+    tmp_path = tmp_path_factory.mktemp("tiny")
+    rows = []
+    splits = ["train", "train", "train", "train", "val", "val", "test", "test"]
+    for i, split in enumerate(splits):
+        image, *_ = render_tissue(600, 650, 0.5, tumour=bool(i % 2), seed=20 + i)
+        write_pyramidal_tiff(tmp_path / f"s{i}.tiff", image, 0.5, downsamples=(1, 4, 16))
+        rows.append((f"s{i}", f"s{i}.tiff", "tumor" if i % 2 else "normal", split))
+    image, *_ = render_tissue(600, 650, 0.5, tumour=True, seed=99)
+    write_pyramidal_tiff(tmp_path / "unlabelled.tiff", image, 0.5, downsamples=(1, 4, 16))
+    rows.append(("unlabelled", "unlabelled.tiff", "", ""))
+    sheet = write_sheet(tmp_path / "s.tsv", rows, header=("slide_id", "path", "label", "split"))
+    config = base_config(sheet)
+    tiny_span = {"embed_dim": 32, "heads": 4}
+    config.update(
+        seeds=[0, 1],
+        training={"epochs": 2, "patience": 2, "threads": 1, "standardize": True},
+        experiments={
+            "tiny": [
+                {"model": "span", "hparams": tiny_span},
+                {"model": "abmil", "hparams": {"hidden": 64, "attention_hidden": 16}},
+            ],
+            "sweep": [
+                {
+                    "model": "span",
+                    "name": f"w{side}",
+                    "label": f"{side}x{side}",
+                    "hparams": {**tiny_span, "window_side": side},
+                }
+                for side in (2, 4)
+            ],
+        },
+        predict={"heatmaps": ["span", "abmil"], "heatmap_max_side": 300},
+    )
+    res = snakemake(tmp_path, "--cores", "2", config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    return tmp_path, config, rows
+
+
+def test_end_to_end_tiny_cohort(tiny_run):
+    """Raw slides -> patches -> features -> splits -> 2 models x 2 seeds -> report, predictions
+    and heatmaps, checked by content."""
+    import openslide
+
+    tmp_path, _, rows = tiny_run
+    out = tmp_path / "results" / "tiny" / "tiny"
+
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [r["variant"] for r in table] == ["span", "abmil"]
+    for row in table:
+        for key in ("p_ttest_accuracy", "p_ttest_auc", "p_delong"):
+            if row["is_reference"] == "True":
+                continue
+            value = row[key]
+            assert (value == "n/a" and key in row["notes"]) or 0.0 <= float(value) <= 1.0
+    assert (out / "roc.png").stat().st_size > 0
+    run = json.loads((out / "span" / "seed1" / "metrics.json").read_text())
+    assert run["training"]["standardize"] is True and run["seed"] == 1
+    report = (out / "report.md").read_text()
+    assert report.startswith("> **WARNING") and "| Method | Accuracy" in report
+    assert "sweep.png" not in report
+
+    for variant in ("span", "abmil"):
+        with (out / variant / "predictions.csv").open() as f:
+            predictions = list(csv.DictReader(f))
+        means = {r["slide_id"]: r for r in predictions if r["run"] == "mean"}
+        assert set(means) == {r[0] for r in rows}
+        for r in predictions:
+            assert abs(float(r["prob_normal"]) + float(r["prob_tumor"]) - 1) < 1e-4
+        for slide_id, path, *_ in rows:
+            with openslide.OpenSlide(str(tmp_path / path)) as slide:
+                expected = slide.get_thumbnail((300, 300)).size
+            heatmap = plt.imread(out / variant / "heatmaps" / f"{slide_id}.png")
+            assert heatmap.shape[1::-1] == expected
+
+
+def test_sweep_experiment_gets_its_plot_and_labels(tiny_run):
+    tmp_path, *_ = tiny_run
+    out = tmp_path / "results" / "tiny" / "sweep"
+    with (out / "results.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["variant"], r["method"]) for r in table] == [("w2", "2x2"), ("w4", "4x4")]
+    assert plt.imread(out / "sweep.png").shape[0] > 100
+    report = (out / "report.md").read_text()
+    assert "![Sweep over window_side](sweep.png)" in report and "| 4x4 |" in report
+    log = (tmp_path / "results" / "tiny" / "logs" / "sweep_plot" / "sweep.log").read_text()
+    assert "window_side = 2: accuracy" in log and "window_side = 4: accuracy" in log
+
+
+def test_config_edits_rerun_only_the_affected_stages(tiny_run):
+    """Rerun semantics through params: what a stage reads from config triggers it and its
+    downstream jobs only."""
+    tmp_path, config, _ = tiny_run
+    assert planned_jobs(snakemake(tmp_path, "-n", config=config)) == {}
+
+    edited = {**config, "training": {**config["training"], "lr": 3e-4}}
+    counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
+    assert set(counts) == {"train", "evaluate", "predict", "sweep_plot", "all"}, counts
+    assert counts["train"] == 8 and counts["evaluate"] == 2 and counts["predict"] == 4
+
+    edited = {**config, "predict": {**config["predict"], "heatmap_max_side": 200}}
+    assert set(planned_jobs(snakemake(tmp_path, "-n", config=edited))) == {"predict", "all"}
+
+    edited = {**config, "patching": {"min_tissue_fraction": 0.5}}
+    counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
+    assert counts["patch"] == 9 and counts["qc_summary"] == 1 and counts["extract"] == 9
+    assert counts["train"] == 8 and counts["evaluate"] == 2 and counts["sweep_plot"] == 1
+    assert "split" not in counts  # the split depends on the labelled rows only
+
+
+def embedded_file(html: str, path: Path) -> bytes:
+    """A file embedded in a `snakemake --report` HTML (a base64 data URI under its path)."""
+    start = html.index(f'"{path}": {{')
+    uri = html.index('"data_uri": "', start) + len('"data_uri": "')
+    return base64.b64decode(html[uri : html.index('"', uri)].split("base64,", 1)[1])
+
+
+def test_html_report_holds_tables_and_figures(tiny_run):
+    tmp_path, config, _ = tiny_run
+    res = snakemake(tmp_path, "--report", "report.html", config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    html = (tmp_path / "report.html").read_text()
+    results = Path("results", "tiny")
+    for name in ("tiny/results.csv", "tiny/report.md", "sweep/results.csv"):
+        assert embedded_file(html, results / name) == (tmp_path / results / name).read_bytes()
+    expected = [
+        "tiny/roc.png",
+        "sweep/roc.png",
+        "sweep/sweep.png",
+        "qc/s0.png",
+        "tiny/span/heatmaps/s0.png",
+        "tiny/abmil/heatmaps/unlabelled.png",
+    ]
+    for name in expected:
+        assert embedded_file(html, results / name)[:4] == b"\x89PNG", name
