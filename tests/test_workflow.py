@@ -270,3 +270,21 @@ def test_conda_envs_parse_and_pin_what_pyproject_pins():
         assert torch_pins in ({}, pins), (path, torch_pins)
     cuda = yaml.safe_load((REPO / "envs" / "training-cuda.yaml").read_text())
     assert any(p.startswith("spconv-cu120") for p in cuda["dependencies"][-1]["pip"])
+
+
+def test_jobs_use_the_interpreter_running_snakemake(tmp_path):
+    """`.venv/bin/snakemake` without an activated venv: the jobs' `python` is still the one
+    with the dependencies (here: a PATH without the venv, where `python` lacks torch)."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    target = "resources/demo/slides/demo_00.tiff"
+    env = {**os.environ, "PATH": "/usr/bin:/bin"}
+    res = subprocess.run(
+        [*SNAKEMAKE, "-d", str(tmp_path), "--cores", "1", target],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert (tmp_path / target).stat().st_size > 0

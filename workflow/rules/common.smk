@@ -8,12 +8,18 @@ import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 from snakemake.utils import validate
 
 # The span package is imported from this checkout, here and in every job's shell, with or
 # without --use-conda (the conda envs hold only its dependencies): rules run `python -m span`.
+# Without --use-conda that `python` is the interpreter running Snakemake (its environment has
+# the dependencies), so `.venv/bin/snakemake` works without activating the venv.
 sys.path.insert(0, workflow.basedir)
-shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; ")
+_python_path = "" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else (
+    f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
+)
+shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; {_python_path}")
 
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
