@@ -38,6 +38,16 @@ def test_rowwise_equals_the_plain_chunked_computation_with_the_same_dropout(rows
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_rowwise_with_frozen_parameters_and_an_input_without_gradient():
+    block, fn = ffn_block(dropout=0.0)
+    block["norm"].requires_grad_(False)
+    x = torch.randn(20, 16, dtype=torch.float64)
+    out = rowwise(fn, x, block.parameters(), rows=6)
+    out.sum().backward()
+    assert block["norm"].weight.grad is None
+    assert block["ffn"].fc1.weight.grad is not None and block["ffn"].fc1.weight.grad.abs().sum() > 0
+
+
 def test_rowwise_gradcheck_and_no_grad_path():
     block, fn = ffn_block(dropout=0.0)
     x = torch.randn(20, 16, dtype=torch.float64, requires_grad=True)

@@ -87,9 +87,9 @@ def rowwise(fn, x: torch.Tensor, params, rows: int | None = None) -> torch.Tenso
     each recomputed in the backward pass, so its intermediate activations never exist for
     all rows at once. The output and the input's gradient are filled chunk by chunk into
     one tensor each (autograd's own split/cat would hold every chunk's gradient at once)."""
-    params = tuple(params)
+    params = tuple(p for p in params if p.requires_grad)  # frozen ones need no gradient
     rows = rows or max(64, ROW_BYTES // (x.shape[1] * x.element_size()))
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+    if torch.is_grad_enabled() and (x.requires_grad or params):
         return _RowChunks.apply(x, fn, rows, *params)
     return _in_chunks(fn, x, rows)
 
