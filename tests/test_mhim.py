@@ -1,5 +1,6 @@
 """MHIM-MIL: masking selection against a sort-based reference, schedules, EMA teacher,
-checkpoint initialisation, training and evaluation passes."""
+the reference's ABMIL student and train-mode teacher, checkpoint initialisation (plain and
+reference ABMIL checkpoints), training and evaluation passes."""
 
 from __future__ import annotations
 
@@ -9,8 +10,12 @@ import math
 import pytest
 import torch
 
+from span.models import build_model
 from span.models.abmil import ABMIL
 from span.models.mhim import MHIM, cosine_schedule, select_masked
+
+#: The attention biases of a plain ABMIL, which the reference's DAttention has not.
+ATTENTION_BIASES = {"pool.scores.tanh.0.bias", "pool.scores.score.bias"}
 
 
 def grid(n: int) -> torch.Tensor:
@@ -143,23 +148,135 @@ def test_cosine_momentum_reaches_one():
 
 
 def test_teacher_and_student_start_from_the_checkpoint(tmp_path, caplog):
+    """The previous architecture (reference_attention=False) loads a plain ABMIL exactly."""
     torch.manual_seed(0)
     baseline = ABMIL(32, 2)
     path = tmp_path / "abmil.pt"
     torch.save(baseline.state_dict(), path)
     expected = baseline.state_dict()
-    model = MHIM(32, 2, teacher_checkpoint=str(path))
+    with caplog.at_level(logging.WARNING):
+        model = MHIM(32, 2, teacher_checkpoint=str(path), reference_attention=False)
+    assert caplog.text == ""
+    assert model.teacher.state_dict().keys() == expected.keys()
     for key, value in model.teacher.state_dict().items():
         assert torch.equal(value, expected[key]), key
     student = model.student.state_dict()
     assert torch.equal(student["encoder.0.weight"], expected["encoder.0.weight"])
     assert not torch.equal(student["classifier.weight"], expected["classifier.weight"])
-    full = MHIM(32, 2, teacher_checkpoint=str(path), student_init="all").student.state_dict()
+    full = MHIM(
+        32, 2, teacher_checkpoint=str(path), student_init="all", reference_attention=False
+    ).student.state_dict()
     assert all(torch.equal(v, expected[k]) for k, v in full.items())
     assert all(not p.requires_grad for p in model.teacher.parameters())
     with caplog.at_level(logging.WARNING):
         MHIM(32, 2)
     assert "teacher_checkpoint" in caplog.text
+
+
+def reference_dattention(model: ABMIL, features: torch.Tensor):
+    """MHIM-MIL v1's ABMIL by hand (eval mode): h = ReLU(W x + b), a = w^T ReLU(V h) without
+    biases, softmax over instances, logits = C (a @ h) + c; -> (attention, logits)."""
+    enc, scores = model.encoder[0], model.pool.scores
+    h = torch.relu(features @ enc.weight.T + enc.bias)
+    a = (torch.relu(h @ scores.tanh[0].weight.T) @ scores.score.weight.T)[:, 0].softmax(0)
+    return a, (a @ h) @ model.classifier.weight.T + model.classifier.bias
+
+
+def test_default_abmil_student_is_the_references_dattention():
+    torch.manual_seed(0)
+    model = MHIM(32, 2).eval()
+    for net in (model.student, model.teacher):
+        biases = {n for n, _ in net.named_parameters() if n.endswith("bias")}
+        assert biases == {"encoder.0.bias", "classifier.bias"}  # none in the attention
+        assert isinstance(net.pool.scores.tanh[1], torch.nn.ReLU)
+    features = torch.randn(40, 32)
+    with torch.no_grad():
+        out = model(features, grid(40))
+        weights, logits = reference_dattention(model.student, features)
+    torch.testing.assert_close(out.patch_scores, weights)
+    torch.testing.assert_close(out.logits, logits)
+    # The previous student (plain ABMIL: tanh attention with biases) on request ...
+    previous = MHIM(32, 2, reference_attention=False).student
+    names = [n for n, _ in previous.named_parameters()]
+    assert names == [n for n, _ in ABMIL(32, 2).named_parameters()]
+    assert set(names) >= ATTENTION_BIASES
+    assert isinstance(previous.pool.scores.tanh[1], torch.nn.Tanh)
+    # ... explicit student hyperparameters win over the reference's, and plain ABMIL is as was.
+    explicit = MHIM(32, 2, student_hparams={"attention_bias": True}).student
+    assert explicit.pool.scores.score.bias is not None
+    assert isinstance(explicit.pool.scores.tanh[1], torch.nn.ReLU)
+    assert isinstance(ABMIL(32, 2).pool.scores.tanh[1], torch.nn.Tanh)
+    with pytest.raises(ValueError, match="attention activation"):
+        ABMIL(32, 2, attention_activation="gelu")
+
+
+def teacher_calls(model: MHIM, features: torch.Tensor, calls: int = 2) -> list:
+    """(teacher in train mode, gradients on, its attention) of each training forward pass."""
+    seen = []
+    model.teacher.register_forward_hook(
+        lambda m, _a, out: seen.append((m.training, torch.is_grad_enabled(), out.patch_scores))
+    )
+    model.train()
+    for _ in range(calls):
+        model(features, grid(len(features)))
+    return seen
+
+
+def test_teacher_ranks_in_train_mode_by_default():
+    torch.manual_seed(0)
+    features = torch.randn(60, 32)
+    seen = teacher_calls(MHIM(32, 2), features)
+    assert all(training and not grad for training, grad, _ in seen)
+    assert not torch.equal(seen[0][2], seen[1][2])  # dropout on: one bag, two rankings
+    frozen = teacher_calls(MHIM(32, 2, teacher_mode="eval"), features)
+    assert all(not training and not grad for training, grad, _ in frozen)
+    assert torch.equal(frozen[0][2], frozen[1][2])  # the previous, deterministic ranking
+    with pytest.raises(ValueError, match="teacher_mode"):
+        MHIM(32, 2, teacher_mode="frozen")
+
+
+def test_plain_abmil_checkpoint_initialises_the_reference_student(tmp_path, caplog):
+    """The pipeline's teacher is the plain `abmil` variant: its checkpoint still loads into
+    the bias-free default, less its attention biases (with a warning)."""
+    torch.manual_seed(0)
+    baseline = build_model("abmil", 32, 2)
+    path = tmp_path / "abmil.pt"
+    torch.save(baseline.state_dict(), path)
+    expected = baseline.state_dict()
+    with caplog.at_level(logging.WARNING):
+        model = build_model("mhim", 32, 2, student="abmil", teacher_checkpoint=str(path))
+    assert all(key in caplog.text for key in ATTENTION_BIASES)
+    teacher = model.teacher.state_dict()
+    assert set(expected) - set(teacher) == ATTENTION_BIASES
+    for key, value in teacher.items():
+        assert torch.equal(value, expected[key]), key
+    student = model.student.state_dict()
+    for key in ("encoder.0.weight", "encoder.0.bias"):
+        assert torch.equal(student[key], expected[key])
+    full = MHIM(32, 2, teacher_checkpoint=str(path), student_init="all").student.state_dict()
+    assert all(torch.equal(v, expected[k]) for k, v in full.items())
+    out = model(torch.randn(30, 32), grid(30))  # and it trains
+    model.loss(out, torch.tensor(1), 0.0).backward()
+    assert torch.isfinite(out.logits).all()
+    # Only missing biases are forgiven: any other mismatch is still an error.
+    torch.save({**expected, "pool.scores.extra.weight": torch.zeros(1)}, path)
+    with pytest.raises(RuntimeError, match="extra"):
+        MHIM(32, 2, teacher_checkpoint=str(path))
+
+
+def test_reference_abmil_checkpoint_loads_exactly(tmp_path, caplog):
+    torch.manual_seed(0)
+    reference = ABMIL(32, 2, attention_activation="relu", attention_bias=False).eval()
+    path = tmp_path / "abmil.pt"
+    torch.save(reference.state_dict(), path)
+    with caplog.at_level(logging.WARNING):
+        model = MHIM(32, 2, teacher_checkpoint=str(path)).eval()
+    assert caplog.text == ""
+    features = torch.randn(25, 32)
+    with torch.no_grad():
+        teacher, direct = model.teacher(features, grid(25)), reference(features, grid(25))
+    torch.testing.assert_close(teacher.patch_scores, direct.patch_scores, rtol=0, atol=0)
+    torch.testing.assert_close(teacher.embedding, direct.embedding, rtol=0, atol=0)
 
 
 def test_evaluation_runs_the_student_on_every_instance():
@@ -176,4 +293,8 @@ def test_evaluation_runs_the_student_on_every_instance():
         out.logits, torch.tensor(0)
     )
     model.train()
+    assert model.student.training and model.teacher.training  # the reference's teacher mode
+    model.eval()
+    assert not model.teacher.training
+    model = MHIM(32, 2, teacher_mode="eval").train()
     assert model.student.training and not model.teacher.training

@@ -164,21 +164,39 @@ class FeedForward(nn.Module):
         return self.fc2(h.masked_fill_(drop, 0.0).relu_(), rescale)
 
 
+#: Activations of the attention branch: Ilse et al.'s tanh, or ReLU (MHIM-MIL's `DAttention`).
+ATTENTION_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
+
+
 class AttentionScores(nn.Module):
-    """Ilse et al.'s attention MIL scores: w^T tanh(V h) (plain) or w^T (tanh(V h) * sigm(U h))
-    (gated), one score per instance and branch."""
+    """Ilse et al.'s attention MIL scores: w^T act(V h) (plain) or w^T (act(V h) * sigm(U h))
+    (gated), one score per instance and branch; act is tanh (Ilse et al.) or ReLU."""
 
     def __init__(
-        self, dim: int, hidden: int, branches: int = 1, gated: bool = True, dropout: float = 0.0
+        self,
+        dim: int,
+        hidden: int,
+        branches: int = 1,
+        gated: bool = True,
+        dropout: float = 0.0,
+        activation: str = "tanh",
+        bias: bool = True,
     ) -> None:
         super().__init__()
-        self.tanh = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Dropout(dropout))
+        if activation not in ATTENTION_ACTIVATIONS:
+            raise ValueError(
+                f"attention activation must be one of {sorted(ATTENTION_ACTIVATIONS)}, "
+                f"got {activation!r}"
+            )
+        act = ATTENTION_ACTIVATIONS[activation]()
+        # `tanh` names the first branch whatever its activation: the state dict keys stay put.
+        self.tanh = nn.Sequential(nn.Linear(dim, hidden, bias=bias), act, nn.Dropout(dropout))
         self.gate = (
-            nn.Sequential(nn.Linear(dim, hidden), nn.Sigmoid(), nn.Dropout(dropout))
+            nn.Sequential(nn.Linear(dim, hidden, bias=bias), nn.Sigmoid(), nn.Dropout(dropout))
             if gated
             else None
         )
-        self.score = nn.Linear(hidden, branches)
+        self.score = nn.Linear(hidden, branches, bias=bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """(N, dim) -> (N, branches) unnormalised scores."""
@@ -191,9 +209,17 @@ class AttentionScores(nn.Module):
 class AttentionPool(nn.Module):
     """Softmax-attention pooling of instances into one vector (single branch)."""
 
-    def __init__(self, dim: int, hidden: int, gated: bool = True, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        hidden: int,
+        gated: bool = True,
+        dropout: float = 0.0,
+        activation: str = "tanh",
+        bias: bool = True,
+    ) -> None:
         super().__init__()
-        self.scores = AttentionScores(dim, hidden, 1, gated, dropout)
+        self.scores = AttentionScores(dim, hidden, 1, gated, dropout, activation, bias)
 
     def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, dim) -> pooled (dim,), attention weights (N,)."""

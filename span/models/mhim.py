@@ -5,6 +5,20 @@ between the teacher's and the student's bag embeddings.
 Wraps any model of the contract whose `patch_scores` are its attention and whose `embedding`
 is its bag embedding (ABMIL, TransMIL); masking drops instances before the student's
 per-instance encoder, which equals the reference's masking after it.
+
+As in the reference code (DearCaat/MHIM-MIL v1, `main.py` and `modules/mhim.py`), by default:
+
+- the teacher ranks the instances in train mode (`model_tea.train()`: its dropout is active),
+  without gradient; `teacher_mode="eval"` restores the previous deterministic ranking;
+- an ABMIL student (and so its teacher) is the reference's `--baseline attn` model: instance
+  encoder Linear + ReLU + dropout 0.25 and a linear classifier, both with biases, and the
+  `DAttention` pooling w^T ReLU(V h) without biases (`--da_act relu`, the default the Camelyon-16
+  recipe keeps); `reference_attention=False` restores our ABMIL's tanh attention with biases.
+  Explicit `student_hparams` win over these defaults.
+
+Not reproduced: the reference initialises its fresh layers with Xavier-normal weights (ours keep
+PyTorch's defaults), and its teacher checkpoint is trained with the same architecture as the
+student (see `MHIM` on loading a plain ABMIL checkpoint).
 """
 
 from __future__ import annotations
@@ -23,6 +37,9 @@ log = logging.getLogger(__name__)
 
 #: Models MHIM can train as its student, by name.
 STUDENTS: dict[str, type[MILModel]] = {"abmil": ABMIL, "transmil": TransMIL}
+#: ABMIL hyperparameters of the reference's ABMIL (`DAttention`, `--da_act relu`).
+REFERENCE_ABMIL = {"attention_activation": "relu", "attention_bias": False}
+TEACHER_MODES = ("train", "eval")
 
 
 def cosine_schedule(start: float, end: float, progress: float) -> float:
@@ -76,11 +93,20 @@ def select_masked(
 class MHIM(MILModel):
     """Student + EMA teacher with hard-instance masking; evaluation runs the student alone.
 
-    The teacher (no gradient, always in eval mode) starts from `teacher_checkpoint`, a state
-    dict of the plain student model; `student_init` says what the student takes from it:
-    "encoder" (its instance encoder, the reference recipe's `--init_stu_type=fc`), "all" or
-    "none". `mask_ratio_h` decays to 0 and (with `momentum_cosine`) the EMA momentum rises to 1
-    by cosine schedules over the progress last seen by `loss` (one step behind).
+    The teacher (no gradient; in training it ranks in train mode, dropout on, unless
+    `teacher_mode="eval"`) starts from `teacher_checkpoint`, a state dict of the plain student
+    model; `student_init` says what the student takes from it: "encoder" (its instance encoder,
+    the reference recipe's `--init_stu_type=fc`), "all" or "none". `mask_ratio_h` decays to 0
+    and (with `momentum_cosine`) the EMA momentum rises to 1 by cosine schedules over the
+    progress last seen by `loss` (one step behind).
+
+    `reference_attention` (ABMIL students only) builds the student and the teacher with the
+    reference's bias-free ReLU attention. A checkpoint of a plain ABMIL (tanh attention with
+    biases, e.g. the pipeline's `abmil` variant) still loads: its attention biases are left out
+    with a warning and its attention weights then run through ReLU, so the teacher starts close
+    to, not equal to, that ABMIL; for the reference recipe train the teacher's ABMIL with
+    `attention_activation: relu, attention_bias: false`, or keep the plain attention here with
+    `reference_attention=False`.
     """
 
     def __init__(
@@ -99,6 +125,8 @@ class MHIM(MILModel):
         mask_ratio_h: float = 0.01,
         mask_ratio_hr: float = 0.5,
         mask_ratio_l: float = 0.0,
+        teacher_mode: str = "train",
+        reference_attention: bool = True,
         grad_clip: float | None = None,
     ) -> None:
         super().__init__(grad_clip)
@@ -108,21 +136,45 @@ class MHIM(MILModel):
             raise ValueError(f"student_init must be encoder, all or none, got {student_init!r}")
         if not 0 < mask_ratio_hr <= 1:
             raise ValueError(f"mask_ratio_hr must be in (0, 1], got {mask_ratio_hr}")
+        if teacher_mode not in TEACHER_MODES:
+            raise ValueError(f"teacher_mode must be train or eval, got {teacher_mode!r}")
+        self.teacher_mode = teacher_mode
         self.momentum, self.momentum_cosine = momentum, momentum_cosine
         self.cl_alpha, self.temperature = cl_alpha, temperature
         self.mask_ratio, self.mask_ratio_h = mask_ratio, mask_ratio_h
         self.mask_ratio_hr, self.mask_ratio_l = mask_ratio_hr, mask_ratio_l
         self.progress = 0.0
-        self.student = STUDENTS[student](in_dim, n_classes, **(student_hparams or {}))
+        hparams = dict(student_hparams or {})
+        if student == "abmil" and reference_attention:
+            hparams = {**REFERENCE_ABMIL, **hparams}
+        self.student = STUDENTS[student](in_dim, n_classes, **hparams)
         self.teacher = copy.deepcopy(self.student)
         if teacher_checkpoint is None:
             log.warning("MHIM without teacher_checkpoint: the teacher starts untrained")
         else:
             state = torch.load(teacher_checkpoint, map_location="cpu", weights_only=True)
+            state = self._without_missing_biases(state)
             self.teacher.load_state_dict(state)
             self._init_student(state, student_init)
         self.teacher.requires_grad_(False)
-        self.teacher.eval()
+        self.train(self.training)
+
+    def _without_missing_biases(self, state: dict) -> dict:
+        """The checkpoint less the biases the teacher lacks (a plain ABMIL's attention biases
+        for the reference's bias-free attention), with a warning; anything else that does not
+        match is left to `load_state_dict`'s error."""
+        own = self.teacher.state_dict()
+        dropped = sorted(k for k in state if k not in own and k.endswith(".bias"))
+        if dropped:
+            log.warning(
+                "MHIM: the teacher checkpoint has biases the student's attention lacks (%s): "
+                "it comes from an ABMIL with the plain attention (tanh, biases); the biases are "
+                "left out and its attention weights run through the reference's ReLU. Train the "
+                "teacher with attention_activation=relu, attention_bias=false for the reference "
+                "recipe, or set reference_attention=false.",
+                ", ".join(dropped),
+            )
+        return {k: v for k, v in state.items() if k not in dropped}
 
     def _init_student(self, state: dict, part: str) -> None:
         if part == "all":
@@ -133,9 +185,10 @@ class MHIM(MILModel):
             self.student.encoder.load_state_dict(encoder)
 
     def train(self, mode: bool = True) -> MHIM:
-        """Switch the student's mode; the teacher stays in eval mode."""
+        """Switch the student's mode; the teacher follows in training with `teacher_mode`
+        "train" (the reference's `model_tea.train()`) and is in eval mode otherwise."""
         super().train(mode)
-        self.teacher.eval()
+        self.teacher.train(mode and self.teacher_mode == "train")
         return self
 
     def current_mask_ratio_h(self) -> float:
@@ -151,7 +204,7 @@ class MHIM(MILModel):
     def forward(self, features: torch.Tensor, grid: torch.Tensor) -> ModelOutput:
         if not self.training:
             return self.student(features, grid)
-        with torch.no_grad():
+        with torch.no_grad():  # in train mode by default: ranked with dropout on
             teacher = self.teacher(features, grid)
         masked = select_masked(
             teacher.patch_scores,
