@@ -2,11 +2,15 @@
 
 Output cells are unique(grid // 2); each output is the sum of its occupied children's
 contributions divided by their number, so border cells are not darkened by empty neighbours.
+
+The kernel starts as the mean of the (normalised) children, not at random: a random kernel
+mixes the four children with random signs, so two downsamplings in a row hand the last stage a
+scrambled view of the tissue and the pyramid's coarse stages learn nothing from slide labels
+(measured on the spatial benchmark: a 3-stage SPAN stayed at chance where a 2-stage one
+learned). Starting as a mean, each stage sees a clean local average that training refines.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
@@ -21,10 +25,9 @@ class SparseDownsample(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.depthwise = depthwise
-        shape = (4, dim) if depthwise else (4, dim, dim)  # kernel position = 2 * dy + dx
-        self.weight = nn.Parameter(torch.empty(shape))
-        fan_in = 4 if depthwise else 4 * dim
-        nn.init.uniform_(self.weight, -1 / math.sqrt(fan_in), 1 / math.sqrt(fan_in))
+        # kernel position = 2 * dy + dx; every position starts as the identity (see above)
+        mean = torch.ones(4, dim) if depthwise else torch.eye(dim).expand(4, dim, dim).clone()
+        self.weight = nn.Parameter(mean)
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor, down: Downsampling) -> torch.Tensor:

@@ -10,6 +10,7 @@ from pathlib import Path
 def _train(args: argparse.Namespace) -> None:
     import torch
 
+    from span.training.augment import Augmentation
     from span.training.run import run_training
     from span.training.trainer import TrainConfig
 
@@ -20,15 +21,20 @@ def _train(args: argparse.Namespace) -> None:
         config = TrainConfig(
             epochs=args.epochs,
             patience=args.patience,
+            min_epochs=args.min_epochs,
             lr=args.lr,
             weight_decay=args.weight_decay,
             class_weighted=args.class_weighted,
             cosine=args.cosine,
+            warmup_epochs=args.warmup_epochs,
             standardize=args.standardize,
+            augment=Augmentation(args.flips, args.translate, args.patch_drop),
             seed=args.seed,
         )
     except json.JSONDecodeError as exc:
         args.parser.error(f"--hparams is not JSON: {exc}")
+    except ValueError as exc:
+        args.parser.error(str(exc))
     run_training(
         Path(args.splits),
         Path(args.features_dir),
@@ -61,10 +67,37 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--patience", type=int, default=10)
+    p.add_argument(
+        "--min-epochs", type=int, default=0, help="no early stop before this epoch (default 0)"
+    )
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--weight-decay", type=float, default=5e-5)
     p.add_argument("--class-weighted", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument(
+        "--warmup-epochs",
+        type=float,
+        default=0.0,
+        help="linear learning-rate warm-up over this many epochs (per step)",
+    )
+    p.add_argument(
+        "--flips",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="augment: one of the 8 rotations/reflections of the grid per step",
+    )
+    p.add_argument(
+        "--translate",
+        type=int,
+        default=0,
+        help="augment: shift the grid by 0..N-1 cells per axis per step (0 = off)",
+    )
+    p.add_argument(
+        "--patch-drop",
+        type=float,
+        default=0.0,
+        help="augment: share of a slide's patches left out per step",
+    )
     p.add_argument(
         "--standardize",
         action=argparse.BooleanOptionalAction,

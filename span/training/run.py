@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import logging
 from pathlib import Path
 
@@ -110,7 +111,7 @@ def run_training(
         "variant": variant,
         "seed": config.seed,
         "hparams": hparams,
-        "training": config.__dict__,
+        "training": asdict(config),
         "device": device_description(dev),
         "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "feature_dim": cohort.feature_dim,

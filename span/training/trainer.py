@@ -24,6 +24,7 @@ from sklearn.metrics import roc_auc_score
 from span.atomic import atomic_output, write_text_atomic
 from span.memory import peak_rss_mb, reset_peak_rss
 from span.models.base import MILModel
+from span.training.augment import Augmentation
 from span.training.bags import Bag, FeatureStats, load_bag
 
 log = logging.getLogger(__name__)
@@ -35,12 +36,26 @@ class TrainConfig:
 
     epochs: int = 50
     patience: int = 10
+    min_epochs: int = 0  # no early stop before this epoch
     lr: float = 1e-4
     weight_decay: float = 5e-5
     class_weighted: bool = False
     cosine: bool = False
+    warmup_epochs: float = 0.0  # linear learning-rate warm-up from 0, per step
     standardize: bool = False  # z-score features with the training slides' statistics
+    augment: Augmentation = Augmentation()
     seed: int = 0
+
+    def lr_factor(self, step: int, steps_per_epoch: int) -> float:
+        """Multiplier of `lr` at optimiser step `step` (0-based): linear warm-up over
+        `warmup_epochs`, then constant or (with `cosine`) a half cosine to 0 at `epochs`."""
+        warmup = self.warmup_epochs * steps_per_epoch
+        if step < warmup:
+            return (step + 1) / warmup
+        if not self.cosine:
+            return 1.0
+        total = self.epochs * steps_per_epoch
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1.0, total - warmup))))
 
 
 def seed_everything(seed: int) -> None:
@@ -127,12 +142,11 @@ def train_model(
         lr=config.lr,
         weight_decay=config.weight_decay,
     )
-    scheduler = (
-        torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=config.epochs)
-        if config.cosine
-        else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: config.lr_factor(step, len(train_bags))
     )
     order = torch.Generator().manual_seed(config.seed)
+    augment_rng = torch.Generator().manual_seed(config.seed + 1)
     val_labels = np.array([b.label for b in val_bags])
     history: list[EpochRecord] = []
     best, best_epoch, stale = None, 0, 0
@@ -147,6 +161,8 @@ def train_model(
         for step, index in enumerate(permutation):
             bag = train_bags[index]
             features, grid = load_bag(bag, feature_dim, device, stats)
+            if config.augment.active:
+                features, grid = config.augment(features, grid, augment_rng)
             progress = (epoch - 1 + step / len(train_bags)) / config.epochs
             loss = model.loss(
                 model(features, grid), torch.tensor(bag.label, device=device), progress
@@ -154,12 +170,11 @@ def train_model(
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             model.clip_gradients()
+            lr = optimiser.param_groups[0]["lr"]
             optimiser.step()
+            scheduler.step()
             model.after_step()
             losses.append(loss.item())
-        lr = optimiser.param_groups[0]["lr"]
-        if scheduler is not None:
-            scheduler.step()
         t1 = time.perf_counter()
         probs = predict(model, val_bags, feature_dim, device, stats)
         val_loss = (
@@ -192,7 +207,7 @@ def train_model(
                 torch.save(model.state_dict(), tmp)
         else:
             stale += 1
-            if stale >= config.patience:
+            if stale >= config.patience and epoch >= config.min_epochs:
                 log.info("early stop after epoch %d (best epoch %d)", epoch, best_epoch)
                 break
     _write_history(out_dir / "history.csv", history)

@@ -1,0 +1,109 @@
+"""Features-only cohorts of spatial tasks: a features HDF5 per slide and a sample sheet.
+
+Each patch's feature is its type's mean plus full-rank noise with a power-law spectrum (as
+ResNet50 features have: a few strong directions, every direction some variance), plus a
+per-slide offset drawn from the same spectrum (stain and scanner effects). Types are
+`separation` noise standard deviations apart along random directions, so a single patch's
+type is recognisable but not certain. Both classes share every distribution but the
+arrangement (`span.synthetic.layouts`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from span.atomic import write_text_atomic
+from span.features.feature_file import FeatureSet, write_feature_file
+from span.synthetic.layouts import TASKS, Layout, draw_layout
+
+#: Level-0 pixels per grid cell written into the files (224 px at 0.5 um/px, 20x).
+PATCH_SIZE_LEVEL0 = 224
+
+
+@dataclass(frozen=True)
+class CohortSpec:
+    """Everything that decides a spatial cohort (the same spec writes the same files)."""
+
+    task: str
+    slides: int
+    feature_dim: int = 1024
+    seed: int = 0
+    separation: float = 0.5  # distance between type means / the norm of the patch noise
+    spectrum_decay: float = 1.0  # eigenvalue k of the noise covariance ~ k^-decay
+    slide_effect: float = 0.3  # per-slide offset, relative to the patch noise
+
+    @property
+    def classes(self) -> tuple[str, str]:
+        return TASKS[self.task].classes
+
+
+class FeatureModel:
+    """Type means and the noise covariance's square root of one cohort."""
+
+    def __init__(self, spec: CohortSpec, rng: np.random.Generator, n_types: int = 3) -> None:
+        d = spec.feature_dim
+        basis, _ = np.linalg.qr(rng.standard_normal((d, d)))
+        spectrum = np.arange(1, d + 1, dtype=float) ** -spec.spectrum_decay
+        spectrum *= d / spectrum.sum()  # mean eigenvalue 1: a random direction has variance ~1
+        self.root = (basis * np.sqrt(spectrum)).T  # noise = z @ root, z ~ N(0, I)
+        directions, _ = np.linalg.qr(rng.standard_normal((d, n_types - 1)))
+        offset = 0.5 * rng.standard_normal(d)
+        distance = spec.separation * np.sqrt(d)  # the noise's norm is ~sqrt(d)
+        self.means = np.vstack([offset, offset + distance * directions.T])
+        self.slide_effect = spec.slide_effect
+
+    def features(self, types: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """(N, d) float32 features of one slide whose patches have `types`."""
+        noise = rng.standard_normal((len(types) + 1, len(self.root))) @ self.root
+        slide = self.slide_effect * noise[0]
+        return (self.means[types] + slide + noise[1:]).astype(np.float32)
+
+
+def draw_cohort(spec: CohortSpec) -> list[Layout]:
+    """The cohort's layouts: classes alternate, so both have spec.slides // 2 slides."""
+    rng = np.random.default_rng([spec.seed, 1])
+    return [draw_layout(spec.task, k % 2, rng) for k in range(spec.slides)]
+
+
+def write_cohort(spec: CohortSpec, out_dir: str | Path) -> Path:
+    """Write `features/<slide>.h5` (the project's layout, encoder `synthetic`) for every slide,
+    `samples.tsv` (slide_id, path, label, features) and `layouts.npz` (the cell types, for
+    inspection); returns the sample sheet's path."""
+    out_dir = Path(out_dir)
+    model = FeatureModel(spec, np.random.default_rng([spec.seed, 2]))
+    rng = np.random.default_rng([spec.seed, 3])
+    rows, types = [], {}
+    attrs = {
+        "encoder": "synthetic",
+        "layer": f"{spec.task}-{spec.feature_dim}d",
+        "weights": "none",
+        "patch_size_level0": PATCH_SIZE_LEVEL0,
+        "spec": str(asdict(spec)),
+    }
+    for k, layout in enumerate(draw_cohort(spec)):
+        slide_id = f"{spec.task}_{k:04d}"
+        path = out_dir / "features" / f"{slide_id}.h5"
+        fs = FeatureSet(
+            model.features(layout.types, rng),
+            layout.grid * PATCH_SIZE_LEVEL0,
+            layout.grid,
+            np.zeros(0, np.int64),
+            {**attrs, "slide_id": slide_id},
+        )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_feature_file(path, fs)
+        rows.append((slide_id, "", spec.classes[layout.label], str(path.resolve())))
+        types[slide_id] = layout.types
+    np.savez_compressed(out_dir / "layouts.npz", **types)
+    buf = io.StringIO()
+    writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
+    writer.writerow(["slide_id", "path", "label", "features"])
+    writer.writerows(rows)
+    sheet = out_dir / "samples.tsv"
+    write_text_atomic(sheet, buf.getvalue())
+    return sheet
