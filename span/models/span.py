@@ -68,6 +68,7 @@ class SPAN(MILModel):
         window_side: int = 6,
         shift: bool = True,
         global_tokens: int = 1,
+        center: bool = False,
         downsample: bool = True,
         depthwise_conv: bool = True,
         conv_bias: bool = False,
@@ -93,6 +94,7 @@ class SPAN(MILModel):
             downsample,
             head,
         )
+        self.center = center
         self.embed = nn.Linear(in_dim, dim)  # the paper's 1x1 convolution
         # Global tokens live in input space with their own projection, as in the authors' code.
         self.global_seed = (
@@ -157,8 +159,13 @@ class SPAN(MILModel):
                 f"{tuple(features.shape)} and {tuple(grid.shape)}"
             )
         plan = self.stage_grids(grid.to(features.device))
+        seed = self.global_seed
+        if self.center:
+            mean = features.mean(dim=0, keepdim=True)
+            features = features - mean
+            seed = None if seed is None else seed + mean
         x = self.embed(features)
-        tokens = self.global_embed(self.global_seed) if self.global_embed is not None else None
+        tokens = self.global_embed(seed) if seed is not None else None
         stage_tokens = []
         ancestor = torch.arange(len(features), device=features.device)
         for i, (layer, (g, down)) in enumerate(zip(self.layers, plan, strict=True)):

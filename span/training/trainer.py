@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,7 @@ class TrainConfig:
     cosine: bool = False
     warmup_epochs: float = 0.0  # linear learning-rate warm-up from 0, per step
     standardize: bool = False  # z-score features with the training slides' statistics
-    augment: Augmentation = Augmentation()
+    augment: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
@@ -54,8 +54,8 @@ class TrainConfig:
             return (step + 1) / warmup
         if not self.cosine:
             return 1.0
-        total = self.epochs * steps_per_epoch
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - warmup) / max(1.0, total - warmup))))
+        done = (step - warmup) / max(1.0, self.epochs * steps_per_epoch - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, done)))
 
 
 def seed_everything(seed: int) -> None:
