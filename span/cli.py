@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     from span.features import cli as features_cli
     from span.models import cli as models_cli
     from span.slides import cli as slides_cli
+    from span.synthetic import cli as synthetic_cli
     from span.training import cli as training_cli
 
     parser = argparse.ArgumentParser(
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.register(stages)
     training_cli.register(stages)
     evaluation_cli.register(stages)
+    synthetic_cli.register(stages)
     return parser
 
 

@@ -11,6 +11,8 @@ the index helpers of `span.models.sparse`):
 - one pre-norm layer per stage: each local query takes ONE softmax over its neighbourhood plus
   the global tokens (position term on local-local pairs only), each global query over all local
   and global tokens; residual; pre-norm feed-forward; residual; for local and global tokens;
+- centring (`center`): the slide's mean feature is subtracted from every patch and added to
+  the global tokens' seed;
 - global tokens: global_embed(seed) before the first stage, carried to the next stage through
   that stage's token LayerNorm;
 - heads: gated attention pooling of the last stage, or the sum over stages of the global tokens
@@ -42,6 +44,7 @@ BASE = {
     "window_side": 4,
     "shift": True,
     "global_tokens": 1,
+    "center": False,
     "downsample": True,
     "depthwise_conv": True,
     "conv_bias": False,
@@ -207,8 +210,13 @@ def reference_forward(cfg: dict, sd: dict, features: torch.Tensor, grid: torch.T
     """logits, embedding and patch_scores of SPAN(**cfg) with state dict `sd`, in float64."""
     sd = {k: v.detach().double() for k, v in sd.items()}
     cells = [tuple(c) for c in grid.tolist()]
-    x = linear(sd, "embed", features.double())
-    tokens = linear(sd, "global_embed", sd["global_seed"]) if cfg["global_tokens"] else None
+    features, seed = features.double(), sd.get("global_seed")
+    if cfg["center"]:
+        mean = features.sum(0) / len(features)
+        features = features - mean
+        seed = None if seed is None else seed + mean
+    x = linear(sd, "embed", features)
+    tokens = linear(sd, "global_embed", seed) if cfg["global_tokens"] else None
     ancestor = list(range(len(cells)))  # input patch -> current stage's token
     stage_tokens = []
     for i in range(cfg["stages"]):
@@ -290,6 +298,8 @@ CASES = {
         30, 16, 7, global_tokens=2, head="global", conv_bias=True
     ),
     "dense grid, rpb w2 G0 no shift": case(60, 8, 4, window_side=2, global_tokens=0, shift=False),
+    "centred, w4 G2": case(50, 10, 3, center=True, global_tokens=2),
+    "centred, no global token, global head off": case(40, 9, 2, center=True, global_tokens=0),
 }
 
 

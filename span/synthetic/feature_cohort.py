@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from span.atomic import write_text_atomic
+from span.atomic import atomic_output, write_text_atomic
 from span.features.feature_file import FeatureSet, write_feature_file
 from span.synthetic.layouts import TASKS, Layout, draw_layout
 
@@ -99,7 +99,8 @@ def write_cohort(spec: CohortSpec, out_dir: str | Path) -> Path:
         write_feature_file(path, fs)
         rows.append((slide_id, "", spec.classes[layout.label], str(path.resolve())))
         types[slide_id] = layout.types
-    np.savez_compressed(out_dir / "layouts.npz", **types)
+    with atomic_output(out_dir / "layouts.npz") as tmp, tmp.open("wb") as f:
+        np.savez_compressed(f, **types)
     buf = io.StringIO()
     writer = csv.writer(buf, delimiter="\t", lineterminator="\n")
     writer.writerow(["slide_id", "path", "label", "features"])

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import distance_transform_cdt
 
+from span.synthetic import TASK_NAMES
+
 BACKGROUND, RARE, OTHER = 0, 1, 2
 TYPE_NAMES = ("background", "rare", "other")
 _NEIGHBOURS = ((0, 1), (1, 0), (0, -1), (-1, 0))
@@ -230,6 +232,9 @@ TASKS: dict[str, SpatialTask] = {
         ),
     )
 }
+
+
+assert tuple(TASKS) == TASK_NAMES, "span.synthetic.TASK_NAMES lists the tasks defined here"
 
 
 def draw_layout(task: str, label: int, rng: np.random.Generator, attempts: int = 50) -> Layout:
