@@ -1,0 +1,127 @@
+"""The spatial tasks' layouts and cohorts: only the arrangement tells the classes apart."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+from scipy.ndimage import label as connected_components
+
+from span.features.feature_file import read_feature_file
+from span.synthetic import TASK_NAMES
+from span.synthetic.feature_cohort import CohortSpec, FeatureModel, write_cohort
+from span.synthetic.layouts import BACKGROUND, OTHER, RARE, TASKS, draw_layout
+
+
+def dense(layout) -> np.ndarray:
+    """The layout as a (rows, cols) array of types, -1 outside the tissue."""
+    g = layout.grid - layout.grid.min(0)
+    out = np.full((g[:, 1].max() + 3, g[:, 0].max() + 3), -1)
+    out[g[:, 1] + 1, g[:, 0] + 1] = layout.types
+    return out
+
+
+def chebyshev_gap(types: np.ndarray, a: int, b: int) -> int:
+    """Smallest Chebyshev distance between a cell of type a and one of type b."""
+    pa, pb = np.argwhere(types == a), np.argwhere(types == b)
+    return int(np.abs(pa[:, None, :] - pb[None, :, :]).max(-1).min())
+
+
+@pytest.fixture(scope="module")
+def layouts():
+    rng = np.random.default_rng(7)
+    return {
+        task: {label: [draw_layout(task, label, rng) for _ in range(30)] for label in (0, 1)}
+        for task in TASK_NAMES
+    }
+
+
+def test_task_names_list_the_tasks():
+    assert tuple(TASKS) == TASK_NAMES
+
+
+@pytest.mark.parametrize("task", TASK_NAMES)
+def test_both_classes_share_size_and_type_shares(layouts, task):
+    """The i.i.d. view (how many patches, which share of each type) is the same in both
+    classes: equal within sampling error over 30 slides each."""
+    stats = {}
+    for label, slides in layouts[task].items():
+        n = np.array([len(s.types) for s in slides], float)
+        shares = np.array([np.bincount(s.types, minlength=3) / len(s.types) for s in slides])
+        stats[label] = (n, shares)
+        assert all(s.label == label for s in slides)
+        assert all(
+            s.grid.min() >= 0 and len(np.unique(s.grid, axis=0)) == len(s.grid) for s in slides
+        )
+    (n0, s0), (n1, s1) = stats[0], stats[1]
+    assert 400 * 0.8 <= n0.mean() <= 1200 and 400 * 0.8 <= n1.mean() <= 1200
+    assert abs(n0.mean() - n1.mean()) < 3 * np.sqrt((n0.var() + n1.var()) / 30) + 1
+    for t in (RARE, OTHER):
+        spread = np.sqrt((s0[:, t].var() + s1[:, t].var()) / 30)
+        assert abs(s0[:, t].mean() - s1[:, t].mean()) <= 3 * spread + 1e-9, TYPE_ERROR.format(t)
+
+
+TYPE_ERROR = "the share of type {} differs between the classes"
+
+
+def test_clumped_has_clumps_and_scattered_has_none(layouts):
+    for label, slides in layouts["clumped"].items():
+        for s in slides:
+            parts, count = connected_components(dense(s) == RARE)
+            largest = np.bincount(parts.ravel())[1:].max()
+            if label == 1:
+                assert count <= 3 and largest >= (s.types == RARE).sum() / 3 - 1
+            else:
+                assert largest <= 6  # random scatter at <= 8%: no clump
+
+
+def test_interface_touching_or_two_cells_apart(layouts):
+    for label, slides in layouts["interface"].items():
+        for s in slides:
+            gap = chebyshev_gap(dense(s), RARE, OTHER)
+            assert gap == 1 if label == 1 else gap >= 3
+
+
+def test_distance_near_or_across_the_ring(layouts):
+    for label, slides in layouts["distance"].items():
+        for s in slides:
+            gap = chebyshev_gap(dense(s), RARE, OTHER)
+            if label == 0:
+                assert 6 <= gap <= 12  # beyond one first-stage window, within the pyramid's
+            else:
+                assert gap >= 13
+
+
+def test_cohort_files_round_trip_and_repeat(tmp_path):
+    spec = CohortSpec("interface", slides=4, feature_dim=32, seed=3)
+    sheet = write_cohort(spec, tmp_path / "a")
+    rows = list(csv.DictReader(sheet.open(), delimiter="\t"))
+    assert [r["label"] for r in rows] == ["apart", "touching", "apart", "touching"]
+    types = np.load(tmp_path / "a" / "layouts.npz")
+    for row in rows:
+        fs = read_feature_file(row["features"], expected_dim=32)
+        assert fs.features.dtype == np.float32 and np.isfinite(fs.features).all()
+        assert len(fs) == len(types[row["slide_id"]])
+        np.testing.assert_array_equal(fs.coords, fs.grid * fs.attrs["patch_size_level0"])
+        assert fs.attrs["encoder"] == "synthetic"
+    again = write_cohort(spec, tmp_path / "b")
+    for row, row_b in zip(rows, csv.DictReader(again.open(), delimiter="\t"), strict=True):
+        np.testing.assert_array_equal(
+            read_feature_file(row["features"]).features,
+            read_feature_file(row_b["features"]).features,
+        )
+
+
+def test_types_are_separated_as_specified():
+    """Type means are `separation` x the noise norm apart; the noise is full rank."""
+    spec = CohortSpec("clumped", slides=2, feature_dim=64, separation=0.5)
+    model = FeatureModel(spec, np.random.default_rng(0))
+    noise = model.features(np.zeros(4000, np.int8), np.random.default_rng(1))
+    noise = noise - noise.mean(0)
+    norm = np.sqrt((noise**2).sum(1).mean())
+    distance = np.linalg.norm(model.means[RARE] - model.means[BACKGROUND])
+    assert distance / norm == pytest.approx(0.5, rel=0.05)
+    eigenvalues = np.linalg.eigvalsh(np.cov(noise.T))
+    assert eigenvalues.min() > 0.002 * eigenvalues.mean()  # every direction varies
+    assert eigenvalues.max() > 5 * eigenvalues.mean()  # a few strong directions, like ResNet's
