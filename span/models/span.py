@@ -81,6 +81,7 @@ class SPAN(MILModel):
         downsample: bool = True,
         depthwise_conv: bool = True,
         conv_bias: bool = False,
+        conv_init: str = "mean",
         position: str = "rpb",
         rope_theta: float = 10000.0,
         head: str = "attention",
@@ -125,7 +126,8 @@ class SPAN(MILModel):
         )
         self.convs = (
             nn.ModuleList(
-                SparseDownsample(dim, depthwise_conv, conv_bias) for _ in range(stages - 1)
+                SparseDownsample(dim, depthwise_conv, conv_bias, conv_init)
+                for _ in range(stages - 1)
             )
             if downsample
             else nn.ModuleList()

@@ -12,6 +12,8 @@ learned). Starting as a mean, each stage sees a clean local average that trainin
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -21,13 +23,21 @@ from span.models.sparse import Downsampling
 class SparseDownsample(nn.Module):
     """LayerNorm, then a sparse k=2 s=2 convolution (depthwise by default, as in SPAN's code)."""
 
-    def __init__(self, dim: int, depthwise: bool = True, bias: bool = False) -> None:
+    def __init__(
+        self, dim: int, depthwise: bool = True, bias: bool = False, init: str = "mean"
+    ) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(dim)
         self.depthwise = depthwise
-        # kernel position = 2 * dy + dx; every position starts as the identity (see above)
-        mean = torch.ones(4, dim) if depthwise else torch.eye(dim).expand(4, dim, dim).clone()
-        self.weight = nn.Parameter(mean)
+        # kernel position = 2 * dy + dx
+        if init == "mean":  # every position the identity (see above)
+            weight = torch.ones(4, dim) if depthwise else torch.eye(dim).expand(4, dim, dim)
+        elif init == "random":  # PyTorch's default for convolutions, as the authors' code
+            bound = 1 / math.sqrt(4 if depthwise else 4 * dim)
+            weight = torch.empty((4, dim) if depthwise else (4, dim, dim)).uniform_(-bound, bound)
+        else:
+            raise ValueError(f"downsampling init must be 'mean' or 'random', got {init!r}")
+        self.weight = nn.Parameter(weight.clone())
         self.bias = nn.Parameter(torch.zeros(dim)) if bias else None
 
     def forward(self, x: torch.Tensor, down: Downsampling) -> torch.Tensor:

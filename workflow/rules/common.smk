@@ -93,12 +93,17 @@ def _experiment(name, entries):
     """Config list of variants -> {variant name: variant}, checked before any job runs."""
     variants = {}
     for entry in entries:
-        variant = {"hparams": {}, "teacher": None, **entry}
+        variant = {"hparams": {}, "training": {}, "teacher": None, **entry}
         variant.setdefault("name", variant["model"])
         where = f"invalid config, experiments.{name}.{variant['name']}"
         if variant["model"] not in MODEL_NAMES:
             raise WorkflowError(f"{where}: unknown model {variant['model']!r}; choose one of "
                                 f"{', '.join(MODEL_NAMES)}")
+        allowed = set(config["training"]) - {"threads"}
+        unknown = sorted(set(variant["training"]) - allowed)
+        if unknown:
+            raise WorkflowError(f"{where}: training has no option {', '.join(unknown)}; a variant "
+                                f"may set {', '.join(sorted(allowed))}")
         if variant["name"] in variants:
             raise WorkflowError(f"{where}: two variants share this name; set `name:`")
         variants[variant["name"]] = variant
@@ -127,7 +132,10 @@ def sweep_parameter(variants):
     one numeric hparam to distinct values, and nothing else differs (e.g. window_sweep)."""
     models = {v["model"] for v in variants.values()}
     keys = {frozenset(v["hparams"]) for v in variants.values()}
-    if len(models) != 1 or len(keys) != 1 or any(v["teacher"] for v in variants.values()):
+    trainings = {json.dumps(v["training"], sort_keys=True) for v in variants.values()}
+    if len(models) != 1 or len(keys) != 1 or len(trainings) != 1:
+        return None
+    if any(v["teacher"] for v in variants.values()):
         return None
     varying = [
         k for k in next(iter(keys)) if len({json.dumps(v["hparams"][k]) for v in variants.values()}) > 1
@@ -171,6 +179,12 @@ def train_hparams(w, input):
     if "teacher" in input.keys():
         hparams["teacher_checkpoint"] = input.teacher
     return shlex.quote(json.dumps(hparams, sort_keys=True))
+
+
+def train_options(w):
+    """`span train` options: the training section, with the variant's own overrides."""
+    variant = EXPERIMENTS[w.experiment][w.variant]
+    return cli_options({**config["training"], **variant["training"]}, skip=("threads",))
 
 
 def evaluation_runs(w):

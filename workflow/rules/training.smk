@@ -39,7 +39,7 @@ rule train:
     params:
         model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
         classes=config["classes"],
-        options=cli_options(config["training"], skip=("threads",)),
+        options=train_options,
         features_dir=features_dir,
         teacher_runtime=lambda w, input: (
             f"--add-runtime-of {input.teacher_metrics}" if "teacher" in input.keys() else ""
