@@ -206,8 +206,8 @@ def test_workflow_lint_is_clean():
 @pytest.mark.parametrize(
     ("experiment", "expected"),
     [
-        ("main", {"train": 21, "evaluate": 1, "predict": 7}),
-        ("ablation", {"train": 24, "evaluate": 1, "predict": 8}),
+        ("main", {"train": 24, "evaluate": 1, "predict": 8}),
+        ("ablation", {"train": 39, "evaluate": 1, "predict": 13}),
         ("window_sweep", {"train": 18, "evaluate": 1, "predict": 6, "sweep_plot": 1}),
     ],
 )
@@ -288,3 +288,27 @@ def test_jobs_use_the_interpreter_running_snakemake(tmp_path):
     )
     assert res.returncode == 0, res.stdout[-3000:]
     assert (tmp_path / target).stat().st_size > 0
+
+
+def test_variant_training_overrides_reach_its_jobs_only(tmp_path):
+    """A variant's `training:` overrides the training section for its own jobs; an option
+    `span train` does not have is refused before any job runs."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    experiment = [
+        {"model": "span"},
+        {"model": "span", "name": "augmented", "training": {"flips": True, "patch_drop": 0.25}},
+    ]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(experiments={"aug": experiment}, run_experiments=["aug"], seeds=[0])
+    res = snakemake(tmp_path, "-n", "-p", "--forceall", config=config)
+    commands = [line for line in res.stdout.splitlines() if " train --splits" in line]
+    assert res.returncode == 0 and len(commands) == 2, res.stdout[-3000:]
+    plain, augmented = sorted(commands, key=lambda c: "--variant augmented" in c)
+    assert "--no-flips" in plain and "--patch-drop 0.0" in plain
+    assert "--flips" in augmented.replace("--no-flips", "") and "--patch-drop 0.25" in augmented
+
+    experiment[1]["training"] = {"flip": True}
+    config.update(experiments={"aug": experiment})
+    res = snakemake(tmp_path, "-n", config=config)
+    assert res.returncode != 0
+    assert "experiments.aug.augmented: training has no option flip" in res.stdout

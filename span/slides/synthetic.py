@@ -235,6 +235,66 @@ def _tumour_layout(
     return out
 
 
+#: Tumour arrangements of `render_tissue`: islands clustered around one centre (None), or the
+#: same share of patch cells made tumour in 1-2 compact clumps or scattered one by one.
+ARRANGEMENTS = (None, "clumped", "scattered")
+
+
+def _arranged_tumour_layout(
+    rng: np.random.Generator,
+    tissue: np.ndarray,
+    cell_um: float,
+    target_fraction: float,
+    arrangement: str,
+) -> np.ndarray:
+    """Signed tumour field made of whole patch cells (112 um, on the patching grid): a share of
+    the tissue cells, chosen clumped (grown regions, `span.synthetic.layouts`) or scattered
+    (uniformly at random). Each chosen cell holds one rounded tumour nest filling most of it,
+    so neighbouring chosen cells merge into one focus and scattered ones stay apart."""
+    from span.synthetic.layouts import LayoutError, grow_region
+
+    per_cell = PATCH_UM / cell_um  # layout pixels per patch cell
+    gh, gw = tissue.shape
+    ch, cw = int(gh // per_cell), int(gw // per_cell)
+    inside = (tissue > 0).astype(np.float32)
+    cover = cv2.resize(inside, (cw, ch), interpolation=cv2.INTER_AREA)
+    cells = cover > 0.75
+    out = np.full((gh, gw), -1.0, dtype=np.float32)
+    n_cells = int(cells.sum())
+    count = round(target_fraction * n_cells)
+    if count == 0:
+        return out
+    chosen = np.zeros_like(cells)
+    if arrangement == "scattered":
+        rows, cols = np.nonzero(cells)
+        pick = rng.choice(len(rows), count, replace=False)
+        chosen[rows[pick], cols[pick]] = True
+    else:
+        sizes = [count // 2, count - count // 2] if count >= 8 else [count]
+        while sizes:
+            size, free = sizes.pop(), cells & ~chosen
+            rows, cols = np.nonzero(free)
+            for _ in range(20):  # seeds in small fragments cannot hold the clump
+                k = int(rng.integers(len(rows)))
+                try:
+                    chosen |= grow_region(free, (int(rows[k]), int(cols[k])), size, rng)
+                    break
+                except LayoutError:
+                    continue
+            else:  # fragmented tissue: two smaller clumps instead
+                sizes += [size // 2, size - size // 2]
+    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
+    nest = np.full((gh, gw), -10.0, dtype=np.float32)
+    for r, c in zip(*np.nonzero(chosen), strict=True):
+        cy, cx = (r + 0.5) * per_cell, (c + 0.5) * per_cell
+        half = 0.5 * per_cell * rng.uniform(0.85, 1.0)
+        # Rounded square (superellipse) filling the cell: neighbours touch and merge.
+        rho = ((np.abs(yy - cy) / half) ** 4 + (np.abs(xx - cx) / half) ** 4) ** 0.25
+        np.maximum(nest, 1.0 - rho, out=nest)
+    edge = 0.25 * _smooth_noise(rng, (gh, gw), max(2.0, 30.0 / cell_um))
+    return np.minimum(nest + edge, tissue)
+
+
 # --------------------------------------------------------------------------------------------
 # Full-resolution rendering, in horizontal strips (bounded, reused memory)
 # --------------------------------------------------------------------------------------------
@@ -516,6 +576,7 @@ def render_tissue(
     dust: bool = True,
     tissue_fraction: float = 0.42,
     tumour_fraction: float | None = None,
+    arrangement: str | None = None,
     texture_mpp: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Render an H&E-like field of view; returns (RGB uint8, tissue, tumour, pen) masks.
@@ -525,7 +586,11 @@ def render_tissue(
     Stain texture is rendered at ``max(mpp, texture_mpp)`` and upsampled (a 40x slide costs
     about a 20x one); masks, pen and dust are drawn at ``mpp``. ``tumour_fraction`` (of the
     tissue area) defaults to a seeded draw in 0.12-0.25; ``tissue_fraction`` is of the slide.
+    ``arrangement`` places the tumour as clustered islands (None), or as that share of the
+    tissue's patch cells in compact clumps ("clumped") or at random ("scattered").
     """
+    if arrangement not in ARRANGEMENTS:
+        raise ValueError(f"arrangement must be one of {ARRANGEMENTS}, got {arrangement!r}")
     if pen is not None and pen not in PEN_COLOURS:
         raise ValueError(f"pen must be None or one of {sorted(PEN_COLOURS)}, got {pen!r}")
     if mpp <= 0 or height_um <= 0 or width_um <= 0:
@@ -539,7 +604,12 @@ def render_tissue(
     gh, gw = math.ceil(height_um / LAYOUT_UM), math.ceil(width_um / LAYOUT_UM)
     tissue_grid = _tissue_layout(r_layout, gh, gw, LAYOUT_UM, tissue_fraction)
     frac = r_tumour.uniform(0.12, 0.25) if tumour_fraction is None else tumour_fraction
-    tumour_grid = _tumour_layout(r_tumour, tissue_grid, LAYOUT_UM, frac) if tumour else None
+    if not tumour:
+        tumour_grid = None
+    elif arrangement is None:
+        tumour_grid = _tumour_layout(r_tumour, tissue_grid, LAYOUT_UM, frac)
+    else:
+        tumour_grid = _arranged_tumour_layout(r_tumour, tissue_grid, LAYOUT_UM, frac, arrangement)
 
     tex_mpp = max(mpp, texture_mpp)
     tex_shape = (round(height_um / tex_mpp), round(width_um / tex_mpp))
