@@ -110,13 +110,20 @@ class EpochRecord:
     seconds_val: float
 
 
+#: A validation-AUC tie counts as progress only when the validation loss falls by this much:
+#: once the AUC saturates (often at 1.0 on a small validation set) the loss keeps creeping
+#: down by ever smaller steps, and patience would never run out.
+LOSS_TIE_DELTA = 1e-3
+
+
 def _is_better(auc: float, loss: float, best: tuple[float, float] | None) -> bool:
-    """Higher validation AUC wins; ties (or undefined AUCs) go to the lower validation loss."""
+    """Higher validation AUC wins; ties (or undefined AUCs) go to a validation loss lower by
+    at least LOSS_TIE_DELTA."""
     if best is None:
         return True
     best_auc, best_loss = best
     if math.isnan(auc) or math.isnan(best_auc) or auc == best_auc:
-        return loss < best_loss
+        return loss < best_loss - LOSS_TIE_DELTA
     return auc > best_auc
 
 
