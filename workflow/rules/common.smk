@@ -23,7 +23,7 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; {_python_path}
 
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
-from span.models.names import MODEL_NAMES
+from span.models.registry import MODELS as MODEL_NAMES
 
 
 def _schema_error(exc):
