@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from span.synthetic import DEMO_CLASSES, DEMO_SLIDES
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,7 @@ def _qc_summary(args: argparse.Namespace) -> None:
 def _demo_slide(args: argparse.Namespace) -> None:
     from span.slides.synthetic import make_demo_slide
 
-    info = make_demo_slide(args.out, args.slide_id, tumour=args.label == "tumor", seed=args.seed)
+    info = make_demo_slide(args.out, args.slide_id, args.label, seed=args.seed)
     log.info(
         "%s (%s): %d x %d px at %g um/px, pen %s -> %s",
         args.slide_id,
@@ -116,7 +118,7 @@ def register(stages: argparse._SubParsersAction) -> None:
         "demo-slide", help="write one synthetic demo slide (pyramidal TIFF, JPEG tiles)"
     )
     d.add_argument("--slide-id", required=True, help="also seeds the slide's variation")
-    d.add_argument("--label", required=True, choices=["normal", "tumor"])
+    d.add_argument("--label", required=True, choices=DEMO_CLASSES)
     d.add_argument("--seed", type=int, default=42)
     d.add_argument("--out", required=True, help="TIFF to write")
     d.set_defaults(func=_demo_slide)
@@ -125,6 +127,6 @@ def register(stages: argparse._SubParsersAction) -> None:
         "demo-cohort", help="write the whole synthetic demo cohort and its sample sheet"
     )
     c.add_argument("--out", required=True, help="folder: slides/<id>.tiff and samples.tsv")
-    c.add_argument("--n-slides", type=int, default=16)
+    c.add_argument("--n-slides", type=int, default=DEMO_SLIDES)
     c.add_argument("--seed", type=int, default=42)
     c.set_defaults(func=_demo_cohort)

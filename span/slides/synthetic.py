@@ -18,6 +18,7 @@ import numpy as np
 
 from span.atomic import write_text_atomic
 from span.slides.tiff_writer import write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
+from span.synthetic import DEMO_CLASSES, DEMO_SLIDES
 
 # Layout (tissue outline, holes, tumour islands) is drawn on a coarse grid with this spacing, so
 # the same seed gives the same tissue at 20x and 40x; it is upsampled to the render resolution.
@@ -265,10 +266,13 @@ def _arranged_tumour_layout(
     if count == 0:
         return out
     chosen = np.zeros_like(cells)
-    if arrangement == "scattered":
-        rows, cols = np.nonzero(cells)
-        pick = rng.choice(len(rows), count, replace=False)
-        chosen[rows[pick], cols[pick]] = True
+    if arrangement == "scattered":  # one cell at a time, away from the others while possible
+        for _ in range(count):
+            near = cv2.dilate(chosen.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+            free = cells & ~near if (cells & ~near).any() else cells & ~chosen
+            rows, cols = np.nonzero(free)
+            k = int(rng.integers(len(rows)))
+            chosen[rows[k], cols[k]] = True
     else:
         sizes = [count // 2, count - count // 2] if count >= 8 else [count]
         while sizes:
@@ -585,7 +589,8 @@ def render_tissue(
     the seed and the physical size, so the same seed at 0.25 and 0.5 um/px shows the same tissue.
     Stain texture is rendered at ``max(mpp, texture_mpp)`` and upsampled (a 40x slide costs
     about a 20x one); masks, pen and dust are drawn at ``mpp``. ``tumour_fraction`` (of the
-    tissue area) defaults to a seeded draw in 0.12-0.25; ``tissue_fraction`` is of the slide.
+    tissue area) defaults to a seeded draw in 0.12-0.25 (0.08-0.16 when arranged);
+    ``tissue_fraction`` is of the slide.
     ``arrangement`` places the tumour as clustered islands (None), or as that share of the
     tissue's patch cells in compact clumps ("clumped") or at random ("scattered").
     """
@@ -603,7 +608,9 @@ def render_tissue(
     # Layout on the coarse grid; strips upsample its signed fields and threshold them at 0.
     gh, gw = math.ceil(height_um / LAYOUT_UM), math.ceil(width_um / LAYOUT_UM)
     tissue_grid = _tissue_layout(r_layout, gh, gw, LAYOUT_UM, tissue_fraction)
-    frac = r_tumour.uniform(0.12, 0.25) if tumour_fraction is None else tumour_fraction
+    # Arranged tumour is sparser: scattered cells must be able to keep apart.
+    low, high = (0.12, 0.25) if arrangement is None else (0.08, 0.16)
+    frac = r_tumour.uniform(low, high) if tumour_fraction is None else tumour_fraction
     if not tumour:
         tumour_grid = None
     elif arrangement is None:
@@ -647,14 +654,14 @@ def render_tissue(
 # --------------------------------------------------------------------------------------------
 
 
-def demo_slide_ids(n: int = 16) -> list[str]:
+def demo_slide_ids(n: int = DEMO_SLIDES) -> list[str]:
     """Slide ids of the demo cohort: demo_00, demo_01, ..."""
     return [f"demo_{i:02d}" for i in range(n)]
 
 
 def demo_label(index: int) -> str:
-    """Label of the demo slide with this index: odd indices are tumour, even ones normal."""
-    return "tumor" if index % 2 else "normal"
+    """Label of the demo slide with this index: the classes in turn."""
+    return DEMO_CLASSES[index % len(DEMO_CLASSES)]
 
 
 def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
@@ -663,7 +670,7 @@ def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
     mpp = 0.25 if rng.random() < 0.125 else 0.5
     pen = None if rng.random() < 2 / 3 else ("blue", "green", "black")[int(rng.integers(3))]
     dust = bool(rng.random() < 0.75)
-    cells = rng.uniform(85.0, 150.0)  # target tissue area in 112 um cells
+    cells = rng.uniform(60.0, 100.0)  # target tissue area in 112 um cells
     tissue_fraction = rng.uniform(0.38, 0.5)
     aspect = rng.uniform(0.8, 1.25)  # width / height
     slide_area = cells * PATCH_UM**2 / tissue_fraction
@@ -681,18 +688,22 @@ def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
     }
 
 
-def make_demo_slide(path: str | os.PathLike, slide_id: str, tumour: bool, seed: int = 42) -> dict:
-    """Render and write one demo slide (3-level pyramidal TIFF); return the options and stats."""
+def make_demo_slide(path: str | os.PathLike, slide_id: str, label: str, seed: int = 42) -> dict:
+    """Render and write one demo slide of class `label` (3-level pyramidal TIFF); return the
+    options and stats."""
+    if label not in DEMO_CLASSES:
+        raise ValueError(f"demo label must be one of {DEMO_CLASSES}, got {label!r}")
     opts = demo_slide_options(slide_id, seed)
     image, tissue, tumour_mask, pen_mask = render_tissue(
         opts["height_um"],
         opts["width_um"],
         opts["mpp"],
-        tumour=tumour,
+        tumour=label != "normal",
         seed=opts["render_seed"],
         pen=opts["pen"],
         dust=opts["dust"],
         tissue_fraction=opts["tissue_fraction_target"],
+        arrangement=None if label == "normal" else label,
     )
     out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
     px_area = opts["mpp"] ** 2
@@ -700,7 +711,7 @@ def make_demo_slide(path: str | os.PathLike, slide_id: str, tumour: bool, seed: 
     return {
         "slide_id": slide_id,
         "path": str(out),
-        "tumour": bool(tumour),
+        "label": label,
         **opts,
         "height_px": int(image.shape[0]),
         "width_px": int(image.shape[1]),
@@ -711,7 +722,7 @@ def make_demo_slide(path: str | os.PathLike, slide_id: str, tumour: bool, seed: 
     }
 
 
-def demo_sheet(slides_dir: str | os.PathLike, n_slides: int = 16) -> str:
+def demo_sheet(slides_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES) -> str:
     """The demo cohort's sample sheet (TSV text) with slides at ``<slides_dir>/<id>.tiff``.
 
     ``config/demo_samples.tsv`` is this sheet for ``resources/demo/slides``.
@@ -722,11 +733,13 @@ def demo_sheet(slides_dir: str | os.PathLike, n_slides: int = 16) -> str:
     return "\n".join(rows) + "\n"
 
 
-def write_demo_cohort(out_dir: str | os.PathLike, n_slides: int = 16, seed: int = 42) -> Path:
+def write_demo_cohort(
+    out_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES, seed: int = 42
+) -> Path:
     """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` plus ``<out_dir>/samples.tsv``."""
     slides_dir = Path(out_dir) / "slides"
     for i, sid in enumerate(demo_slide_ids(n_slides)):
-        make_demo_slide(slides_dir / f"{sid}.tiff", sid, tumour=demo_label(i) == "tumor", seed=seed)
+        make_demo_slide(slides_dir / f"{sid}.tiff", sid, demo_label(i), seed=seed)
     sheet = Path(out_dir) / "samples.tsv"
     write_text_atomic(sheet, demo_sheet(slides_dir, n_slides))
     return sheet

@@ -1,4 +1,12 @@
-"""Synthetic data whose ground truth is known: spatial-task cohorts for the spatial benchmark."""
+"""Synthetic data whose ground truth is known: the demo cohort's classes and the spatial
+benchmark's tasks (names here, importable without numpy; the generators in submodules)."""
 
 #: The spatial tasks, importable without numpy (command-line choices); `layouts.TASKS` has them.
 TASK_NAMES = ("clumped", "interface", "distance")
+
+#: Classes of the demo cohort, in slide order: no tumour, tumour-like nests scattered one
+#: patch cell at a time, or the same share of tissue in 1-2 compact foci. Only the
+#: arrangement tells `scattered` from `clumped`: permutation-invariant MIL cannot.
+DEMO_CLASSES = ("normal", "scattered", "clumped")
+#: Slides in the demo cohort (16 per class).
+DEMO_SLIDES = 48
