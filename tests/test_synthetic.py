@@ -50,15 +50,15 @@ def _check_opens(info: dict, mpp: float) -> None:
 def test_demo_slide_opens_at_20x(demo_20x: dict) -> None:
     assert demo_20x["mpp"] == 0.5 and demo_20x["magnification"] == 20
     _check_opens(demo_20x, 0.5)
-    assert min(demo_20x["height_px"], demo_20x["width_px"]) >= 1800
+    assert min(demo_20x["height_px"], demo_20x["width_px"]) >= 1300
     assert max(demo_20x["height_px"], demo_20x["width_px"]) <= 4500
-    assert 40 <= demo_20x["patch_cells_estimate"] <= 150
+    assert 25 <= demo_20x["patch_cells_estimate"] <= 100
     assert 0.05 <= demo_20x["tumour_fraction_of_tissue"] <= 0.3
 
 
 def test_demo_slide_opens_at_40x(tmp_path: Path) -> None:
     sid = _first_id(0.25)
-    info = S.make_demo_slide(tmp_path / f"{sid}.tiff", sid, "normal", seed=SEED)
+    info = S.make_demo_slide(tmp_path / f"{sid}.tiff", sid, "scattered", seed=SEED)
     assert info["magnification"] == 40
     _check_opens(info, 0.25)
     # Same physical size as a 20x slide: twice the pixels.
@@ -192,7 +192,7 @@ def test_write_demo_cohort_sheet(tmp_path: Path) -> None:
         rows = list(csv.reader(fh, delimiter="\t"))
     assert rows[0] == ["slide_id", "path", "label", "patient"]
     assert rows[1:] == [
-        ["demo_00", str(tmp_path / "demo" / "slides" / "demo_00.tiff"), "normal", "P00"],
+        ["demo_00", str(tmp_path / "demo" / "slides" / "demo_00.tiff"), "scattered", "P00"],
         ["demo_01", str(tmp_path / "demo" / "slides" / "demo_01.tiff"), "scattered", "P01"],
     ]
     for row in rows[1:]:
@@ -207,17 +207,17 @@ def test_committed_demo_sheet_is_the_generated_one() -> None:
     assert committed == S.demo_sheet("resources/demo/slides", 48)
 
 
-def _tumour_cells(tumour: np.ndarray, mpp: float) -> np.ndarray:
-    """Patch cells (112 um) that are mostly tumour."""
+def _tumour_share(tumour: np.ndarray, mpp: float) -> np.ndarray:
+    """Share of tumour in each patch cell (112 um)."""
     cell = round(S.PATCH_UM / mpp)
     h, w = (tumour.shape[0] // cell) * cell, (tumour.shape[1] // cell) * cell
-    share = tumour[:h, :w].reshape(h // cell, cell, w // cell, cell).mean(axis=(1, 3))
-    return share > 0.5
+    return tumour[:h, :w].reshape(h // cell, cell, w // cell, cell).mean(axis=(1, 3))
 
 
 def test_clumped_and_scattered_tumour_differ_only_in_arrangement() -> None:
     """Same tissue and the same share of tumour; clumped tumour fills neighbouring patch cells
-    (1-2 foci), scattered tumour sits in separate cells."""
+    (1-2 foci), scattered tumour sits in separate cells; in both, a cell holds a whole nest or
+    none (no sliver of a neighbour's tumour), so patches look alike in both classes."""
     from scipy.ndimage import label
 
     mpp, shares, largest = 4.0, {}, {}
@@ -228,7 +228,9 @@ def test_clumped_and_scattered_tumour_differ_only_in_arrangement() -> None:
                 1400, 1400, mpp, tumour=True, seed=seed, dust=False, arrangement=arrangement
             )
             shares.setdefault(arrangement, []).append(tumour.sum() / tissue.sum())
-            parts, count = label(_tumour_cells(tumour, mpp))
+            share = _tumour_share(tumour, mpp)
+            assert not ((share > 0) & (share < 0.3)).any()  # no slivers
+            parts, count = label(share >= 0.3)
             sizes.append(np.bincount(parts.ravel())[1:].max() if count else 0)
         largest[arrangement] = np.mean(sizes)
     assert abs(np.mean(shares["clumped"]) - np.mean(shares["scattered"])) < 0.03

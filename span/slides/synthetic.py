@@ -250,8 +250,10 @@ def _arranged_tumour_layout(
 ) -> np.ndarray:
     """Signed tumour field made of whole patch cells (112 um, on the patching grid): a share of
     the tissue cells, chosen clumped (grown regions, `span.synthetic.layouts`) or scattered
-    (uniformly at random). Each chosen cell holds one rounded tumour nest filling most of it,
-    so neighbouring chosen cells merge into one focus and scattered ones stay apart."""
+    (one cell at a time, apart). Each chosen cell holds one rounded tumour nest filling most of
+    it and never crossing into a neighbour, so a tumour patch looks the same in a clump as
+    alone and no normal patch carries a sliver of its neighbour's tumour: the two arrangements
+    differ in where the tumour patches are, not in any patch's content."""
     from span.synthetic.layouts import LayoutError, grow_region
 
     per_cell = PATCH_UM / cell_um  # layout pixels per patch cell
@@ -287,16 +289,18 @@ def _arranged_tumour_layout(
                     continue
             else:  # fragmented tissue: two smaller clumps instead
                 sizes += [size // 2, size - size // 2]
-    yy, xx = np.mgrid[0:gh, 0:gw].astype(np.float32)
-    nest = np.full((gh, gw), -10.0, dtype=np.float32)
-    for r, c in zip(*np.nonzero(chosen), strict=True):
-        cy, cx = (r + 0.5) * per_cell, (c + 0.5) * per_cell
-        half = 0.5 * per_cell * rng.uniform(0.85, 1.0)
-        # Rounded square (superellipse) filling the cell: neighbours touch and merge.
-        rho = ((np.abs(yy - cy) / half) ** 4 + (np.abs(xx - cx) / half) ** 4) ** 0.25
-        np.maximum(nest, 1.0 - rho, out=nest)
     edge = 0.25 * _smooth_noise(rng, (gh, gw), max(2.0, 30.0 / cell_um))
-    return np.minimum(nest + edge, tissue)
+    nest = np.full((gh, gw), -1.0, dtype=np.float32)
+    for r, c in zip(*np.nonzero(chosen), strict=True):
+        # The nest's box: its cell less one layout pixel, so no tumour crosses into a neighbour.
+        y0, y1 = math.ceil(r * per_cell) + 1, math.floor((r + 1) * per_cell) - 1
+        x0, x1 = math.ceil(c * per_cell) + 1, math.floor((c + 1) * per_cell) - 1
+        yy, xx = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
+        cy, cx = (r + 0.5) * per_cell, (c + 0.5) * per_cell
+        half = 0.5 * per_cell * rng.uniform(0.8, 0.95)
+        rho = ((np.abs(yy - cy) / half) ** 4 + (np.abs(xx - cx) / half) ** 4) ** 0.25
+        nest[y0:y1, x0:x1] = 1.0 - rho + edge[y0:y1, x0:x1]
+    return np.minimum(nest, tissue)
 
 
 # --------------------------------------------------------------------------------------------
@@ -670,7 +674,7 @@ def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
     mpp = 0.25 if rng.random() < 0.125 else 0.5
     pen = None if rng.random() < 2 / 3 else ("blue", "green", "black")[int(rng.integers(3))]
     dust = bool(rng.random() < 0.75)
-    cells = rng.uniform(60.0, 100.0)  # target tissue area in 112 um cells
+    cells = rng.uniform(40.0, 65.0)  # target tissue area in 112 um cells
     tissue_fraction = rng.uniform(0.38, 0.5)
     aspect = rng.uniform(0.8, 1.25)  # width / height
     slide_area = cells * PATCH_UM**2 / tissue_fraction
@@ -698,12 +702,12 @@ def make_demo_slide(path: str | os.PathLike, slide_id: str, label: str, seed: in
         opts["height_um"],
         opts["width_um"],
         opts["mpp"],
-        tumour=label != "normal",
+        tumour=True,
         seed=opts["render_seed"],
         pen=opts["pen"],
         dust=opts["dust"],
         tissue_fraction=opts["tissue_fraction_target"],
-        arrangement=None if label == "normal" else label,
+        arrangement=label,
     )
     out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
     px_area = opts["mpp"] ** 2
