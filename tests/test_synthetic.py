@@ -27,7 +27,7 @@ def _first_id(mpp: float) -> str:
 @pytest.fixture(scope="module")
 def demo_20x(tmp_path_factory: pytest.TempPathFactory) -> dict:
     sid = _first_id(0.5)
-    return S.make_demo_slide(tmp_path_factory.mktemp("d20") / f"{sid}.tiff", sid, "clumped", SEED)
+    return S.make_demo_slide(tmp_path_factory.mktemp("d20") / f"{sid}.tiff", sid, "tumor", SEED)
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +50,15 @@ def _check_opens(info: dict, mpp: float) -> None:
 def test_demo_slide_opens_at_20x(demo_20x: dict) -> None:
     assert demo_20x["mpp"] == 0.5 and demo_20x["magnification"] == 20
     _check_opens(demo_20x, 0.5)
-    assert min(demo_20x["height_px"], demo_20x["width_px"]) >= 1300
-    assert max(demo_20x["height_px"], demo_20x["width_px"]) <= 4500
-    assert 25 <= demo_20x["patch_cells_estimate"] <= 100
-    assert 0.05 <= demo_20x["tumour_fraction_of_tissue"] <= 0.3
+    assert min(demo_20x["height_px"], demo_20x["width_px"]) >= 2500
+    assert max(demo_20x["height_px"], demo_20x["width_px"]) <= 5000
+    assert 50 <= demo_20x["patch_cells_estimate"] <= 220
+    assert 0.08 <= demo_20x["tumour_fraction_of_tissue"] <= 0.35
 
 
 def test_demo_slide_opens_at_40x(tmp_path: Path) -> None:
     sid = _first_id(0.25)
-    info = S.make_demo_slide(tmp_path / f"{sid}.tiff", sid, "scattered", seed=SEED)
+    info = S.make_demo_slide(tmp_path / f"{sid}.tiff", sid, "normal", seed=SEED)
     assert info["magnification"] == 40
     _check_opens(info, 0.25)
     # Same physical size as a 20x slide: twice the pixels.
@@ -78,7 +78,7 @@ def test_demo_options_vary_per_slide() -> None:
 
 
 def test_demo_slide_is_deterministic(demo_20x: dict, tmp_path: Path) -> None:
-    again = S.make_demo_slide(tmp_path / "again.tiff", demo_20x["slide_id"], "clumped", SEED)
+    again = S.make_demo_slide(tmp_path / "again.tiff", demo_20x["slide_id"], "tumor", SEED)
     assert Path(again["path"]).read_bytes() == Path(demo_20x["path"]).read_bytes()
     other_id = next(s for s in S.demo_slide_ids(64) if s != demo_20x["slide_id"])
     other = S.demo_slide_options(other_id, SEED)
@@ -192,19 +192,19 @@ def test_write_demo_cohort_sheet(tmp_path: Path) -> None:
         rows = list(csv.reader(fh, delimiter="\t"))
     assert rows[0] == ["slide_id", "path", "label", "patient"]
     assert rows[1:] == [
-        ["demo_00", str(tmp_path / "demo" / "slides" / "demo_00.tiff"), "scattered", "P00"],
-        ["demo_01", str(tmp_path / "demo" / "slides" / "demo_01.tiff"), "scattered", "P01"],
+        ["demo_00", str(tmp_path / "demo" / "slides" / "demo_00.tiff"), "normal", "P00"],
+        ["demo_01", str(tmp_path / "demo" / "slides" / "demo_01.tiff"), "tumor", "P01"],
     ]
     for row in rows[1:]:
         with openslide.OpenSlide(row[1]) as slide:
             assert slide.level_count >= 3
-    assert [S.demo_label(i) for i in range(4)] == ["normal", "scattered", "clumped", "normal"]
+    assert [S.demo_label(i) for i in range(4)] == ["normal", "tumor", "normal", "tumor"]
     assert S.demo_slide_ids(3) == ["demo_00", "demo_01", "demo_02"]
 
 
 def test_committed_demo_sheet_is_the_generated_one() -> None:
     committed = (Path(__file__).resolve().parents[1] / "config" / "demo_samples.tsv").read_text()
-    assert committed == S.demo_sheet("resources/demo/slides", 48)
+    assert committed == S.demo_sheet("resources/demo/slides", 16)
 
 
 def _tumour_share(tumour: np.ndarray, mpp: float) -> np.ndarray:

@@ -72,7 +72,7 @@ def test_default_config_plans_demo_and_patching(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     counts = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules"))
     n = len((REPO / "config" / "demo_samples.tsv").read_text().splitlines()) - 1
-    assert n == 48
+    assert n == 16
     assert counts["demo_slide"] == n and counts["patch"] == n and counts["qc_summary"] == 1
 
 

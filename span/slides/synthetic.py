@@ -674,7 +674,7 @@ def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
     mpp = 0.25 if rng.random() < 0.125 else 0.5
     pen = None if rng.random() < 2 / 3 else ("blue", "green", "black")[int(rng.integers(3))]
     dust = bool(rng.random() < 0.75)
-    cells = rng.uniform(40.0, 65.0)  # target tissue area in 112 um cells
+    cells = rng.uniform(85.0, 150.0)  # target tissue area in 112 um cells
     tissue_fraction = rng.uniform(0.38, 0.5)
     aspect = rng.uniform(0.8, 1.25)  # width / height
     slide_area = cells * PATCH_UM**2 / tissue_fraction
@@ -702,12 +702,11 @@ def make_demo_slide(path: str | os.PathLike, slide_id: str, label: str, seed: in
         opts["height_um"],
         opts["width_um"],
         opts["mpp"],
-        tumour=True,
+        tumour=label == "tumor",
         seed=opts["render_seed"],
         pen=opts["pen"],
         dust=opts["dust"],
         tissue_fraction=opts["tissue_fraction_target"],
-        arrangement=label,
     )
     out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
     px_area = opts["mpp"] ** 2
