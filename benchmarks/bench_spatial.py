@@ -13,7 +13,8 @@ predictions) of SPAN against ABMIL, and whether the goals hold:
   instance distribution);
 - paired t-test SPAN vs ABMIL p < 0.01.
 
-Runs are resumable: a finished run (its metrics.json) is not trained again. Each run is a
+Runs are resumable: a finished run (its metrics.json) with the same training options is not
+trained again. Each run is a
 worker process with one torch thread.
 
     python benchmarks/bench_spatial.py                    # the full table (hours on 2 cores)
@@ -76,7 +77,8 @@ def train_one(folder: Path, classes: list[str], model: str, seed: int) -> Path:
 
     torch.set_num_threads(1)
     out = folder / model / f"seed{seed}"
-    if not (out / "metrics.json").exists():
+    config = TrainConfig(seed=seed)
+    if _trained_with(out) != json.loads(json.dumps(asdict(config))):
         run_training(
             folder / "splits.tsv",
             folder / "features",
@@ -84,10 +86,17 @@ def train_one(folder: Path, classes: list[str], model: str, seed: int) -> Path:
             model,
             {},
             model,
-            TrainConfig(seed=seed),
+            config,
             out,
         )
     return out
+
+
+def _trained_with(run: Path) -> dict | None:
+    """The training options of a finished run (None if unfinished): runs made with other
+    defaults are trained again."""
+    metrics = run / "metrics.json"
+    return json.loads(metrics.read_text())["training"] if metrics.exists() else None
 
 
 def test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -296,7 +296,7 @@ def test_variant_training_overrides_reach_its_jobs_only(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     experiment = [
         {"model": "span"},
-        {"model": "span", "name": "augmented", "training": {"flips": True, "patch_drop": 0.25}},
+        {"model": "span", "name": "augmented", "training": {"flips": False, "patch_drop": 0.25}},
     ]
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(experiments={"aug": experiment}, run_experiments=["aug"], seeds=[0])
@@ -304,8 +304,8 @@ def test_variant_training_overrides_reach_its_jobs_only(tmp_path):
     commands = [line for line in res.stdout.splitlines() if " train --splits" in line]
     assert res.returncode == 0 and len(commands) == 2, res.stdout[-3000:]
     plain, augmented = sorted(commands, key=lambda c: "--variant augmented" in c)
-    assert "--no-flips" in plain and "--patch-drop 0.0" in plain
-    assert "--flips" in augmented.replace("--no-flips", "") and "--patch-drop 0.25" in augmented
+    assert "--flips" in plain.replace("--no-flips", "") and "--patch-drop 0.0" in plain
+    assert "--no-flips" in augmented and "--patch-drop 0.25" in augmented
 
     experiment[1]["training"] = {"flip": True}
     config.update(experiments={"aug": experiment})

@@ -30,8 +30,8 @@ def dihedral(grid: torch.Tensor, k: int) -> torch.Tensor:
 class Augmentation:
     """Random symmetry, translation and patch dropout, drawn afresh for every training step."""
 
-    flips: bool = False  # one of the 8 rotations / reflections of the grid
-    translate: int = 0  # shift the grid by 0 .. translate - 1 cells along each axis
+    flips: bool = True  # one of the 8 rotations / reflections of the grid
+    translate: int = 8  # shift the grid by 0 .. translate - 1 cells along each axis
     patch_drop: float = 0.0  # share of the patches left out
 
     def __post_init__(self) -> None:

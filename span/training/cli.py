@@ -83,13 +83,13 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--flips",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=True,
         help="augment: one of the 8 rotations/reflections of the grid per step",
     )
     p.add_argument(
         "--translate",
         type=int,
-        default=0,
+        default=8,
         help="augment: shift the grid by 0..N-1 cells per axis per step (0 = off)",
     )
     p.add_argument(
