@@ -14,8 +14,7 @@ predictions) of SPAN against ABMIL, and whether the goals hold:
 - paired t-test SPAN vs ABMIL p < 0.01.
 
 Runs are resumable: a finished run (its metrics.json) with the same training options is not
-trained again. Each run is a
-worker process with one torch thread.
+trained again. Each run is a worker process with one torch thread.
 
     python benchmarks/bench_spatial.py                    # the full table (hours on 2 cores)
     python benchmarks/bench_spatial.py --tasks clumped --slides 120 --dims 1024 --seeds 2
