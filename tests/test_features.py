@@ -89,6 +89,23 @@ def test_batch_size_and_workers_do_not_change_features(
     np.testing.assert_allclose(other, reference.features, rtol=1e-4, atol=1e-4)
 
 
+def test_slide_without_patches_gives_a_valid_empty_features_file(
+    small_slide, random_encoder, tmp_path
+):
+    """A slide whose patching found no tissue yields a 0-row features file (training then
+    excludes it) instead of failing the cohort's extraction."""
+    slide, patch_file = small_slide
+    full = read_patch_file(patch_file)
+    empty = PatchSet(full.coords[:0], full.grid[:0], full.tissue_fraction[:0], full.attrs)
+    write_patch_file(tmp_path / "empty.h5", empty)
+    out = tmp_path / "f.h5"
+    bad = extract_slide(slide, tmp_path / "empty.h5", out, random_encoder, ExtractOptions())
+    stored = read_feature_file(out)
+    assert len(bad) == 0 and stored.features.shape == (0, 2048)
+    assert stored.coords.shape == (0, 2) and stored.grid.shape == (0, 2)
+    assert stored.attrs["encoder"] == "resnet50" and not partial_path(out).exists()
+
+
 def test_float16_storage(small_slide, random_encoder, reference, tmp_path):
     out = tmp_path / "f16.h5"
     opts = ExtractOptions(batch_size=8, num_workers=0, dtype="float16")

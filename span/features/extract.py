@@ -85,7 +85,7 @@ class PartialFeatures:
         self.file = self._resume(path, n, dim, fingerprint)
         if self.file is None:
             self.file = h5py.File(path, "w")
-            chunk = (max(1, min(n, 256)), dim)
+            chunk = (min(n, 256), dim) if n else None  # a slide without tissue: 0 rows
             self.file.create_dataset("features", (n, dim), FEATURE_DTYPES[dtype], chunks=chunk)
             self.file.create_dataset("ok", (n,), bool)
             self.file.attrs["fingerprint"] = fingerprint
@@ -214,6 +214,8 @@ def _encode_remaining(
 ) -> None:
     """Encode patches from the partial file's `done` onwards, flushing every `flush_every`."""
     n, start = len(patches), partial.done
+    if start >= n:  # complete already, or no patches at all: no reader workers to start
+        return
     slide_id = patches.attrs.get("slide_id", slide_path.stem)
     encoder.model.to(device).to(memory_format=torch.channels_last)
     dataset = SlideTiles(
