@@ -168,6 +168,39 @@ def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
     assert np.all([int(line.split("\t")[1]) > 0 for line in summary[1:]])
 
 
+@pytest.mark.slow
+def test_slide_without_tissue_is_excluded_and_the_cohort_goes_on(tmp_path):
+    """A blank slide gets 0 patches and a 0-row features file; the other slides are trained,
+    evaluated and predicted, and the report lists the blank one as excluded."""
+    rows = []
+    for i in range(8):
+        small_slide(tmp_path / f"s{i}.tiff", i)
+        rows.append((f"s{i}", f"s{i}.tiff", "tumor" if i % 2 else "normal"))
+    blank = np.full((2000, 2000, 3), 245, np.uint8)
+    write_pyramidal_tiff(tmp_path / "blank.tiff", blank, 0.5, downsamples=(1, 4))
+    rows.append(("blank", "blank.tiff", "tumor"))
+    config = base_config(write_sheet(tmp_path / "s.tsv", rows))
+    config.update(
+        seeds=[0],
+        experiments={"main": [{"model": "span"}, {"model": "abmil"}]},
+        run_experiments=["main"],
+        training={"epochs": 2},
+        predict={"heatmaps": ["span"]},
+    )
+    res = snakemake(tmp_path, "--cores", "2", config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    out = tmp_path / "results" / "tiny"
+    with h5py.File(tmp_path / FEATURES / "blank.h5") as f:
+        assert f["features"].shape == (0, 1024)
+    summary = {r.split("\t")[0]: r for r in (out / "qc" / "summary.tsv").read_text().splitlines()}
+    assert summary["blank"].split("\t")[1] == "0" and "no tissue" in summary["blank"]
+    report = (out / "main" / "report.md").read_text()
+    assert "| blank | no tissue patches |" in report
+    for model in ("span", "abmil"):
+        predictions = (out / "main" / model / "predictions.csv").read_text()
+        assert "s0" in predictions and "blank" not in predictions
+
+
 def test_precomputed_features_skip_patching_and_extraction(tmp_path):
     rng = np.random.default_rng(0)
     with h5py.File(tmp_path / "clam.h5", "w") as f:  # CLAM: per-region grid, no attributes
