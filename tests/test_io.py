@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import h5py
 import numpy as np
 import pytest
@@ -65,7 +67,11 @@ def test_sample_sheet_optional_columns_and_feature_rows(tmp_path):
     assert samples[0].needs_patching and not samples[1].needs_patching
     assert samples[1].label == "" and samples[0].split == "train"
     missing = missing_inputs(samples, producible=lambda path, sid: path == "a.svs")
-    assert missing == ["b: features file b_feats.h5"]
+    assert missing == ["b: features file b_feats.h5 (does not exist)"]
+    (tmp_path / "folder").mkdir()
+    as_dir = [replace(samples[1], features=str(tmp_path / "folder"))]
+    folder = tmp_path / "folder"
+    assert missing_inputs(as_dir) == [f"b: features file {folder} (a directory, not a file)"]
 
 
 def test_sample_sheet_reports_every_problem_at_once(tmp_path):

@@ -84,6 +84,7 @@ def test_default_config_plans_demo_and_patching(tmp_path):
         ({"classes": ["tumor", "tumor"]}, "classes"),
         ({"cohort": "../escape"}, "cohort"),
         ({"patching": {"unknown_option": 1}}, "unknown_option"),
+        ({"predict": {"heatmaps": ["spam"]}}, "predict.heatmaps: no experiment has a variant"),
     ],
 )
 def test_bad_config_rejected_before_any_job(tmp_path, patch, message):
@@ -333,6 +334,7 @@ def test_variant_training_overrides_reach_its_jobs_only(tmp_path):
     ]
     config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
     config.update(experiments={"aug": experiment}, run_experiments=["aug"], seeds=[0])
+    config["predict"]["heatmaps"] = ["span"]
     res = snakemake(tmp_path, "-n", "-p", "--forceall", config=config)
     commands = [line for line in res.stdout.splitlines() if " train --splits" in line]
     assert res.returncode == 0 and len(commands) == 2, res.stdout[-3000:]

@@ -8,6 +8,7 @@ standard library is used: the Snakefile imports this module at parse time.
 from __future__ import annotations
 
 import csv
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -99,13 +100,24 @@ def load_sample_sheet(path: str | Path, classes: Sequence[str]) -> list[Sample]:
 def missing_inputs(
     samples: Iterable[Sample], producible: Callable[[str, str], bool] = lambda path, sid: False
 ) -> list[str]:
-    """Slide and feature files that neither exist nor are made by the workflow.
+    """Slide and feature files that are not readable files (missing, a directory, no read
+    permission) and are not made by the workflow, each with what is wrong.
 
     `producible(path, slide_id)` says whether a rule of the workflow makes that file.
     """
     missing = []
     for s in samples:
         for kind, p in (("slide", s.path if s.needs_patching else ""), ("features", s.features)):
-            if p and not Path(p).exists() and not producible(p, s.slide_id):
-                missing.append(f"{s.slide_id}: {kind} file {p}")
+            if not p or producible(p, s.slide_id):
+                continue
+            path = Path(p)
+            if path.is_dir():
+                why = "a directory, not a file"
+            elif not path.exists():
+                why = "does not exist"
+            elif not os.access(path, os.R_OK):
+                why = "not readable: check its permissions"
+            else:
+                continue
+            missing.append(f"{s.slide_id}: {kind} file {p} ({why})")
     return missing

@@ -69,7 +69,7 @@ _missing = missing_inputs(SAMPLES.values(), producible=is_demo_slide)
 if _missing:
     _listing = "\n  ".join(_missing)
     raise WorkflowError(
-        f"{len(_missing)} input file(s) named in {config['samples']} do not exist:\n"
+        f"{len(_missing)} input file(s) named in {config['samples']} cannot be read:\n"
         f"  {_listing}\nFix the paths in the sample sheet or drop those rows."
     )
 
@@ -125,6 +125,11 @@ for _name in RUN_EXPERIMENTS:
     if _name not in EXPERIMENTS:
         raise WorkflowError(f"invalid config, run_experiments: {_name!r} is not an experiment; "
                             f"choose from {', '.join(EXPERIMENTS)}")
+_VARIANTS = sorted({v for variants in EXPERIMENTS.values() for v in variants})
+_no_heatmap = sorted(set(config["predict"]["heatmaps"]) - set(_VARIANTS))
+if _no_heatmap:
+    raise WorkflowError(f"invalid config, predict.heatmaps: no experiment has a variant named "
+                        f"{', '.join(map(repr, _no_heatmap))}; choose from {', '.join(_VARIANTS)}")
 
 
 def sweep_parameter(variants):
