@@ -237,3 +237,20 @@ def test_clumped_and_scattered_tumour_differ_only_in_arrangement() -> None:
     assert largest["clumped"] >= 3 * largest["scattered"]
     with pytest.raises(ValueError, match="arrangement"):
         S.render_tissue(500, 500, mpp, tumour=True, seed=0, arrangement="striped")
+
+
+def test_demo_slide_command_places_tumour_by_arrangement(tmp_path: Path) -> None:
+    """`span demo-slide --arrangement` writes a tumour slide with arranged tumour; asking an
+    arrangement of a normal slide is refused."""
+    from span.cli import main
+
+    out = tmp_path / "clumped.tiff"
+    args = ["demo-slide", "--slide-id", "demo_01", "--label", "tumor", "--out", str(out)]
+    assert main([*args, "--arrangement", "clumped"]) == 0
+    with openslide.OpenSlide(out) as slide:
+        assert slide.level_count == 3
+    islands = tmp_path / "islands.tiff"
+    assert main([*args[:-1], str(islands)]) == 0
+    assert out.read_bytes() != islands.read_bytes()
+    with pytest.raises(ValueError, match="arrangement places tumour"):
+        S.make_demo_slide(tmp_path / "n.tiff", "demo_00", "normal", arrangement="clumped")

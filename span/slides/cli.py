@@ -61,7 +61,9 @@ def _qc_summary(args: argparse.Namespace) -> None:
 def _demo_slide(args: argparse.Namespace) -> None:
     from span.slides.synthetic import make_demo_slide
 
-    info = make_demo_slide(args.out, args.slide_id, args.label, seed=args.seed)
+    info = make_demo_slide(
+        args.out, args.slide_id, args.label, seed=args.seed, arrangement=args.arrangement
+    )
     log.info(
         "%s (%s): %d x %d px at %g um/px, pen %s -> %s",
         args.slide_id,
@@ -120,6 +122,11 @@ def register(stages: argparse._SubParsersAction) -> None:
     d.add_argument("--slide-id", required=True, help="also seeds the slide's variation")
     d.add_argument("--label", required=True, choices=DEMO_CLASSES)
     d.add_argument("--seed", type=int, default=42)
+    d.add_argument(
+        "--arrangement",
+        choices=["clumped", "scattered"],
+        help="tumour as whole patch cells in 1-2 foci or apart (the same share either way)",
+    )
     d.add_argument("--out", required=True, help="TIFF to write")
     d.set_defaults(func=_demo_slide)
 

@@ -692,11 +692,20 @@ def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
     }
 
 
-def make_demo_slide(path: str | os.PathLike, slide_id: str, label: str, seed: int = 42) -> dict:
+def make_demo_slide(
+    path: str | os.PathLike,
+    slide_id: str,
+    label: str,
+    seed: int = 42,
+    arrangement: str | None = None,
+) -> dict:
     """Render and write one demo slide of class `label` (3-level pyramidal TIFF); return the
-    options and stats."""
+    options and stats. `arrangement` ("clumped" or "scattered") places a tumour slide's
+    tumour as whole patch cells, for cohorts whose label is the arrangement alone."""
     if label not in DEMO_CLASSES:
         raise ValueError(f"demo label must be one of {DEMO_CLASSES}, got {label!r}")
+    if arrangement is not None and label != "tumor":
+        raise ValueError(f"an arrangement places tumour: label {label!r} has none")
     opts = demo_slide_options(slide_id, seed)
     image, tissue, tumour_mask, pen_mask = render_tissue(
         opts["height_um"],
@@ -707,6 +716,7 @@ def make_demo_slide(path: str | os.PathLike, slide_id: str, label: str, seed: in
         pen=opts["pen"],
         dust=opts["dust"],
         tissue_fraction=opts["tissue_fraction_target"],
+        arrangement=arrangement,
     )
     out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
     px_area = opts["mpp"] ** 2
