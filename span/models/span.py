@@ -10,10 +10,9 @@ With `center` (the default) the patches enter as their deviation from the slide'
 feature, and the mean itself enters through the global tokens' initial state: every patch of
 a slide carries the same stain/scanner offset, and a model that sees it in every token tells
 its training slides apart by it long before it learns anything else (measured on the spatial
-benchmark: SPAN memorised 68 training slides in 4 epochs and stayed at chance; centred, it
-learned the task in 2-3). What the whole slide looks like stays available through the global
-tokens, which every patch attends to; without global tokens a centred SPAN sees only how
-patches differ within their slide.
+benchmark: README, "Spatial benchmark"). What the whole slide looks like stays available
+through the global tokens, which every patch attends to; without global tokens a centred
+SPAN sees only how patches differ within their slide.
 """
 
 from __future__ import annotations
