@@ -1,6 +1,7 @@
 # span-wsi: raw whole-slide images -> tissue patches -> features -> SPAN and MIL baselines.
 # Run `snakemake --cores all` (settings from profiles/default); see README.md.
 
+from snakemake.io import IOFile
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -33,3 +34,23 @@ rule all:
             for name in RUN_EXPERIMENTS
             for variant in EXPERIMENTS[name]
         ],
+
+
+onsuccess:
+    from span.run_summary import exclusion_summary
+
+    if summary := exclusion_summary(f"{RESULTS}/qc/summary.tsv"):
+        print(summary, file=sys.stderr)
+
+
+onerror:
+    from span.run_summary import exclusion_summary, failure_summary, outdate_restored
+
+    for summary in (exclusion_summary(f"{RESULTS}/qc/summary.tsv"), failure_summary(log)):
+        if summary:
+            print(summary, file=sys.stderr)
+    if kept := outdate_restored(log):
+        for path in kept:
+            workflow.persistence.cleanup_metadata(IOFile(path))
+        print(f"{len(kept)} earlier result(s) kept in place of the failed jobs' (dated 1970 "
+              "so that the next run redoes those jobs)", file=sys.stderr)

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from span.device import resolve_device
 from span.features.encoders import build_encoder
-from span.features.extract import ExtractOptions, encode_tiles, extract_slide, resolve_device
+from span.features.extract import ExtractOptions, encode_tiles, extract_slide
 from span.slides.patch_file import PatchSet, write_patch_file
 from span.slides.patching import PatchingParams, run_patching
 from span.slides.synthetic import render_tissue

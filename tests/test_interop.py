@@ -72,6 +72,39 @@ def test_clam_aligned_coords_use_the_argument(tmp_path):
     assert fs.features.dtype == np.float32
 
 
+def test_encoder_and_layer_options_fill_what_the_file_does_not_record(tmp_path, caplog):
+    coords = np.array([[0, 0], [224, 0]], np.int64)
+    clam = write_src(tmp_path / "clam.h5", row_features(2), coords)
+    fs = run_import(tmp_path, clam, patch_size_level0=224, encoder="resnet50", layer="layer3")
+    assert (fs.attrs["encoder"], fs.attrs["layer"]) == ("resnet50", "layer3")
+    assert fs.attrs["warnings"] == []
+    back = read_feature_file(tmp_path / "out.h5")
+    assert (back.attrs["encoder"], back.attrs["layer"]) == ("resnet50", "layer3")
+
+    root = {"encoder": "uni_v1"}  # records its encoder but not its layer
+    trident = write_src(tmp_path / "trident.h5", row_features(2), coords, root_attrs=root)
+    with caplog.at_level(logging.WARNING, logger="span.features.interop"):
+        fs = run_import(tmp_path, trident, patch_size_level0=224, encoder="resnet50", layer="x")
+    assert (fs.attrs["encoder"], fs.attrs["layer"]) == ("uni_v1", "x")
+    message = (
+        "the file records encoder 'uni_v1', kept over 'resnet50' "
+        "(features.import_encoder, meant for files that do not record one)"
+    )
+    assert fs.attrs["warnings"] == [message] and message in caplog.text
+
+
+def test_import_features_command_passes_encoder_and_layer(tmp_path):
+    from span.cli import main
+
+    src = write_src(tmp_path / "clam.h5", row_features(1), np.array([[0, 0]], np.int64))
+    out = tmp_path / "out.h5"
+    args = ["import-features", "--features", str(src), "--slide-id", "s", "--out", str(out)]
+    args += ["--patch-size-level0", "224", "--encoder", "resnet50", "--layer", "layer3"]
+    assert main(args) == 0
+    back = read_feature_file(out)
+    assert (back.attrs["encoder"], back.attrs["layer"]) == ("resnet50", "layer3")
+
+
 def test_clam_region_grids_are_snapped_with_exact_collision_counts(tmp_path, caplog):
     # Region B (first rows) starts at (500, 301): offset (52, 77) from its cells.
     region_b = [(500 + 224 * i, 301 + 224 * j) for j in range(2) for i in range(2)]
@@ -247,12 +280,13 @@ def test_own_layout_round_trips(tmp_path):
         "warnings": ["slide resolution guessed"],
     }
     src = tmp_path / "ours.h5"
-    write_feature_file(src, FeatureSet(feats, coords, coords // 256, np.array([2]), attrs))
+    bad = np.array([[512, 0]], np.int64)  # a tile left out of the source's rows
+    write_feature_file(src, FeatureSet(feats, coords, coords // 256, bad, attrs))
     fs = run_import(tmp_path, src)
     np.testing.assert_array_equal(fs.features, feats)
     np.testing.assert_array_equal(fs.coords, coords)
     np.testing.assert_array_equal(fs.grid, coords // 256)
-    np.testing.assert_array_equal(fs.bad_tiles, [2])
+    np.testing.assert_array_equal(fs.bad_tiles, bad)
     assert fs.attrs["source_layout"] == "span"
     assert fs.attrs["slide_id"] == "slide-1"
     for key in ("encoder", "layer", "weights", "patch_size_level0", "target_mpp", "mpp_source"):
@@ -260,4 +294,4 @@ def test_own_layout_round_trips(tmp_path):
     assert fs.attrs["warnings"] == ["slide resolution guessed"]
     back = read_feature_file(tmp_path / "out.h5")
     assert back.attrs["encoder"] == "uni"
-    np.testing.assert_array_equal(back.bad_tiles, [2])
+    np.testing.assert_array_equal(back.bad_tiles, bad)

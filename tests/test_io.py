@@ -84,6 +84,45 @@ def test_sample_sheet_reports_every_problem_at_once(tmp_path):
     assert "\n" not in message
 
 
+@pytest.mark.parametrize(
+    "encode",
+    [
+        lambda text: b"\xef\xbb\xbf" + text.encode(),  # Excel's CSV UTF-8: a BOM
+        lambda text: text.encode("utf-16"),  # Excel's Unicode Text: UTF-16 with a BOM
+    ],
+    ids=["utf-8-bom", "utf-16"],
+)
+def test_sample_sheet_from_excel_is_read_as_written(tmp_path, encode):
+    sheet = tmp_path / "s.tsv"
+    header = "slide_id\t path\xa0\tlabel"  # spaces and a non-breaking space around a name
+    sheet.write_bytes(encode(f"{header}\r\na\ta.svs\tnormal\r\nb\tb.svs\ttumor\r\n"))
+    samples = load_sample_sheet(sheet, ["normal", "tumor"])
+    assert [(s.slide_id, s.path, s.label) for s in samples] == [
+        ("a", "a.svs", "normal"),
+        ("b", "b.svs", "tumor"),
+    ]
+
+
+def test_sample_sheet_header_trouble_is_shown_visibly(tmp_path):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_text("slide_id\u200b\tpath\tlabel\na\ta.svs\tnormal\n", encoding="utf-8")
+    with pytest.raises(SpanError) as err:
+        load_sample_sheet(sheet, ["normal"])
+    assert str(err.value) == (
+        f"{sheet}: missing column(s) slide_id (found: 'slide_id\\u200b', 'path', 'label'). "
+        "Fix: the sheet must be tab-separated with a header slide_id, path, label"
+    )
+
+
+def test_sample_sheet_in_a_windows_code_page_is_one_clear_error(tmp_path):
+    sheet = tmp_path / "s.tsv"
+    sheet.write_bytes("slide_id\tpath\tlabel\na\tdonn\u00e9es/a.svs\tnormal\n".encode("cp1252"))
+    with pytest.raises(SpanError) as err:
+        load_sample_sheet(sheet, ["normal"])
+    message = str(err.value)
+    assert message.startswith(f"{sheet}: not UTF-8 text (byte 0xe9;") and "Unicode Text" in message
+
+
 def test_rgba_composites_on_white():
     from span.slides.reader import rgba_to_rgb
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import os
+from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
@@ -153,6 +156,41 @@ def test_corrupt_file_fails_with_one_clear_line(tmp_path):
     message = str(err.value)
     assert "\n" not in message and str(bad) in message
     assert "not a readable slide" in message and "drop its row" in message
+
+
+def test_missing_path_and_directory_say_so(tmp_path):
+    from span.slides.reader import open_slide
+
+    missing = tmp_path / "gone.svs"
+    with pytest.raises(SpanError) as err:
+        open_slide(missing)
+    assert str(err.value).startswith(f"{missing}: slide file not found. Fix: correct its path")
+    with pytest.raises(SpanError) as err:
+        open_slide(tmp_path)
+    assert str(err.value).startswith(f"{tmp_path}: a directory, not a slide file. Fix: ")
+
+
+def test_unreadable_slide_says_check_permissions(tmp_path, monkeypatch):
+    from span.slides.reader import open_slide
+
+    slide = tmp_path / "locked.svs"
+    slide.write_bytes(b"II*\x00" + b"\x00" * 100)
+    slide.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: answer as the kernel does for other users
+        real_open = os.open
+
+        def denied(path, flags, *args, **kwargs):
+            if Path(path) == slide:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real_open(path, flags, *args, **kwargs)
+
+        monkeypatch.setattr(os, "open", denied)
+    with pytest.raises(SpanError) as err:
+        open_slide(slide)
+    assert str(err.value) == (
+        f"{slide}: slide file not readable by this user (permission denied). "
+        "Fix: check the permissions of the file and its folders (e.g. chmod a+r)"
+    )
 
 
 def test_truncated_slide_fails_with_one_clear_line(write_slide):

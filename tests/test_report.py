@@ -43,6 +43,9 @@ def _write_run(
     }
     if variant == "span":
         info["excluded"] = [["s998", "no tissue patches"]]
+        info["bad_tiles"] = [["s2", 3, 0.015]]
+    if variant == "abmil":  # the same slide as another run records: listed once
+        info["excluded"] = [["s998", "no tissue patches"]]
     if variant == "mhim":
         info["runtime_note"] = "includes the training of its teacher"
     (seed_dir / "metrics.json").write_text(json.dumps(info))
@@ -69,7 +72,6 @@ def test_report_binary_and_multiclass(tmp_path: Path, classes: list[str]) -> Non
         "span",
         classes,
         cohort="demo",
-        excluded=[("s999", "no tissue found")],
         n_bootstrap=100,
     )
     df = pd.read_csv(out["results_csv"])
@@ -107,7 +109,8 @@ def test_report_binary_and_multiclass(tmp_path: Path, classes: list[str]) -> Non
     report = out["report_md"].read_text()
     first = next(line for line in report.splitlines() if line.strip())
     assert "WARNING" in first and "randomly initialised encoder" in first
-    assert "![ROC curves](roc.png)" in report and "s999" in report and "no tissue found" in report
+    assert "![ROC curves](roc.png)" in report and report.count("| s998 | no tissue patches |") == 1
+    assert "## Slides with unreadable tiles" in report and "| s2 | 3 | 1.5% |" in report
     assert "<details>" in report and "Per-seed" in report
     image = imread(out["roc_png"])
     assert image.ndim == 3 and image.shape[0] > 100
@@ -122,10 +125,6 @@ def test_no_warning_with_pretrained_weights(tmp_path: Path) -> None:
     report = out["report_md"].read_text()
     assert "WARNING" not in report
     assert "| s998 | no tissue patches |" in report  # from metrics.json
-    out = write_report(
-        tmp_path / "r", "e", variants, "span", ["a", "b"], excluded=[], n_bootstrap=5
-    )
-    assert "Excluded slides\n\nNone." in out["report_md"].read_text()
 
 
 def test_one_seed_and_undefined_auc(tmp_path: Path) -> None:

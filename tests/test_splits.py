@@ -211,12 +211,26 @@ def test_bad_inputs() -> None:
     )
 
 
+def test_excluded_slides_take_no_part_in_the_cut() -> None:
+    sheet = _sheet(30)
+    gone = {"S0003": "no tissue patches", "S0017": "bad tiles: 9 of 40 could not be read"}
+    rows, _ = make_splits(sheet, CLASSES, excluded=gone)
+    by_id = {r.slide_id: r for r in rows}
+    assert len(rows) == 30
+    assert {s: (by_id[s].split, by_id[s].excluded) for s in gone} == {
+        s: ("excluded", reason) for s, reason in gone.items()
+    }
+    kept = [s for s in sheet if s.slide_id not in gone]
+    assert [r for r in rows if r.split != "excluded"] == make_splits(kept, CLASSES)[0]
+
+
 def test_write_read_round_trip(tmp_path) -> None:
-    rows, _ = make_splits(_sheet(40, per_patient=2)[::-1], CLASSES)
+    rows, _ = make_splits(_sheet(40, per_patient=2)[::-1], CLASSES, excluded={"S0004": "blank"})
     path = tmp_path / "out" / "splits.tsv"
     write_splits(rows[::-1], path)
     lines = path.read_text().splitlines()
-    assert lines[0] == "slide_id\tpatient\tlabel\tsplit"
+    assert lines[0] == "slide_id\tpatient\tlabel\tsplit\texcluded"
+    assert "S0004\tP0002\tnormal\texcluded\tblank" in lines
     assert [line.split("\t")[0] for line in lines[1:]] == sorted(r.slide_id for r in rows)
     assert read_splits(path) == sorted(rows, key=lambda r: r.slide_id)
     assert [p.name for p in path.parent.iterdir()] == ["splits.tsv"]
@@ -229,12 +243,17 @@ def test_read_splits_errors(tmp_path) -> None:
     bad.write_text("a,b,c\n")
     with pytest.raises(SpanError, match="not a splits file"):
         read_splits(bad)
-    bad.write_text("slide_id\tpatient\tlabel\tsplit\nS1\t\ttumor\n")
-    with pytest.raises(SpanError, match="line 2: expected 4 columns"):
+    bad.write_text("slide_id\tpatient\tlabel\tsplit\nS1\t\ttumor\ttest\n")  # an older version's
+    with pytest.raises(SpanError, match="not a splits file of this version"):
         read_splits(bad)
-    bad.write_text("slide_id\tpatient\tlabel\tsplit\nS1\t\ttumor\tholdout\n")
+    bad.write_text("slide_id\tpatient\tlabel\tsplit\texcluded\nS1\t\ttumor\n")
+    with pytest.raises(SpanError, match="line 2: expected 5 columns"):
+        read_splits(bad)
+    bad.write_text("slide_id\tpatient\tlabel\tsplit\texcluded\nS1\t\ttumor\tholdout\t\n")
     with pytest.raises(SpanError, match="bad slide_id or split"):
         read_splits(bad)
-    bad.write_text("slide_id\tpatient\tlabel\tsplit\nS1\t\ttumor\ttest\nS1\t\ttumor\ttrain\n")
+    bad.write_text(
+        "slide_id\tpatient\tlabel\tsplit\texcluded\nS1\t\ttumor\ttest\t\nS1\t\ttumor\ttrain\t\n"
+    )
     with pytest.raises(SpanError, match="duplicate slide_id 'S1'"):
         read_splits(bad)

@@ -5,6 +5,7 @@ rerun semantics after config edits, and the HTML report."""
 from __future__ import annotations
 
 import base64
+import copy
 import csv
 import json
 from pathlib import Path
@@ -122,6 +123,12 @@ def test_config_edits_rerun_only_the_affected_stages(tiny_run):
     assert set(counts) == {"train", "evaluate", "predict", "sweep_plot", "all"}, counts
     assert counts["train"] == 8 and counts["evaluate"] == 2 and counts["predict"] == 4
 
+    # A variant's hyperparameter retrains that variant only (2 seeds).
+    edited = copy.deepcopy(config)
+    edited["experiments"]["tiny"][1]["hparams"]["hidden"] = 32
+    counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
+    assert counts == {"train": 2, "evaluate": 1, "predict": 1, "all": 1}, counts
+
     edited = {**config, "predict": {**config["predict"], "heatmap_max_side": 200}}
     assert set(planned_jobs(snakemake(tmp_path, "-n", config=edited))) == {"predict", "all"}
 
@@ -129,7 +136,19 @@ def test_config_edits_rerun_only_the_affected_stages(tiny_run):
     counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
     assert counts["patch"] == 9 and counts["qc_summary"] == 1 and counts["extract"] == 9
     assert counts["train"] == 8 and counts["evaluate"] == 2 and counts["sweep_plot"] == 1
-    assert "split" not in counts  # the split depends on the labelled rows only
+    assert counts["split"] == 1  # re-checks which slides are excluded
+
+    # Options that change speed, never results, re-run nothing.
+    edited = {
+        **config,
+        "features": {
+            **config["features"],
+            **{"device": "cpu", "batch_size": 7, "num_workers": 1, "flush_every": 64},
+            "threads": 2,
+        },
+        "training": {**config["training"], "device": "cpu", "threads": 2},
+    }
+    assert planned_jobs(snakemake(tmp_path, "-n", config=edited)) == {}
 
 
 def embedded_file(html: str, path: Path) -> bytes:
@@ -157,3 +176,26 @@ def test_html_report_holds_tables_and_figures(tiny_run):
     ]
     for name in expected:
         assert embedded_file(html, results / name)[:4] == b"\x89PNG", name
+
+
+def test_a_failed_rerun_keeps_the_finished_results(tiny_run):
+    """A re-run whose job fails puts the previous outputs back (update() flags) and the next
+    run still redoes it; the end of the run lists the failed job with its one line."""
+    tmp_path, config, _ = tiny_run
+    target = "results/tiny/tiny/abmil/seed0"
+    run = tmp_path / target
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    broken = copy.deepcopy(config)
+    broken["experiments"]["tiny"][1]["hparams"]["no_such_option"] = 1
+    res = snakemake(tmp_path, "--cores", "1", f"{target}/metrics.json", config=broken)
+    assert res.returncode != 0
+    assert "Restored previous version of results/tiny/tiny/abmil/seed0/metrics.json" in res.stdout
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+    failed = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()
+    assert failed[1].startswith("  train tiny/abmil/seed0: ") and "no_such_option" in failed[1]
+    # Snakemake records the failed job's params as done; the kept result is dated 1970 so the
+    # next run still redoes the job instead of taking the old result for the new config.
+    assert "earlier result(s) kept in place of the failed jobs'" in res.stdout
+    assert (run / "metrics.json").stat().st_mtime == 1
+    rerun = snakemake(tmp_path, "-n", f"{target}/metrics.json", config=broken)
+    assert planned_jobs(rerun).get("train") == 1

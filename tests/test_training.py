@@ -13,7 +13,7 @@ from span.data.splits import SplitRow, write_splits
 from span.errors import SpanError
 from span.features.feature_file import FeatureSet, read_feature_file, write_feature_file
 from span.models import build_model
-from span.training.bags import Bag, FeatureStats, feature_statistics
+from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
 from span.training.run import run_training, split_bags
 from span.training.trainer import TrainConfig, predict
 
@@ -164,6 +164,36 @@ def test_mixed_feature_widths_are_one_clear_error(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def write_kind(path, encoder: str, layer: str, dim: int = DIM) -> Bag:
+    """A one-patch features file recording `encoder` and `layer`, as a bag."""
+    cells = np.zeros((1, 2), np.int64)
+    attrs = {"encoder": encoder, "layer": layer}
+    features = np.zeros((1, dim), np.float32)
+    write_feature_file(path, FeatureSet(features, cells, cells, np.zeros((0, 2)), attrs))
+    return Bag(path.stem, path, 0)
+
+
+def test_imported_files_without_an_encoder_name_it_and_the_config_keys(tmp_path):
+    bags = [write_kind(tmp_path / f"ext{i}.h5", "resnet50", "layer3") for i in range(2)]
+    bags += [write_kind(tmp_path / f"clam{i}.h5", "imported", "") for i in range(4)]
+    with pytest.raises(SpanError) as err:
+        inspect_cohort(bags)
+    assert str(err.value) == (
+        "4 slide(s) (e.g. clam0, clam1, clam2) come from imported features files that do not "
+        "record their encoder and layer, so they cannot be matched with the others "
+        "(resnet50 layer3 16-d: 2 slide(s), e.g. ext0; imported 16-d: 4 slide(s), e.g. clam0). "
+        "Fix: set features.import_encoder: resnet50 and features.import_layer: layer3 in the "
+        "config if that is what made those files, or re-export them with `encoder` and `layer` "
+        "attributes"
+    )
+    # Recorded encoders that differ, or widths that differ, are a genuine mix.
+    other = write_kind(tmp_path / "uni.h5", "uni", "layer3")
+    wide = write_kind(tmp_path / "wide.h5", "imported", "", dim=2 * DIM)
+    for extra in (other, wide):
+        with pytest.raises(SpanError, match=r"mix encoders or widths.*Fix: extract every slide"):
+            inspect_cohort([*bags, extra])
+
+
 def test_unknown_hyperparameter_is_one_clear_error(tmp_path):
     splits, features = write_cohort(tmp_path, 6)
     with pytest.raises(SpanError, match="no hyperparameter"):
@@ -182,7 +212,7 @@ def test_unknown_hyperparameter_is_one_clear_error(tmp_path):
 
 def test_standardisation_uses_training_statistics(tmp_path):
     splits, features = write_cohort(tmp_path, 12)
-    train = split_bags(splits, features, ["normal", "tumor"])["train"]
+    train = split_bags(splits, features, ["normal", "tumor"])[0]["train"]
     stats = feature_statistics(train, DIM)
     stacked = np.concatenate([read_feature_file(b.features).features for b in train])
     np.testing.assert_allclose(stats.mean, stacked.mean(0), atol=1e-5)

@@ -11,6 +11,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+import tifffile
+import torch
 import yaml
 
 from span.slides.synthetic import render_tissue
@@ -85,6 +87,18 @@ def test_default_config_plans_demo_and_patching(tmp_path):
         ({"cohort": "../escape"}, "cohort"),
         ({"patching": {"unknown_option": 1}}, "unknown_option"),
         ({"predict": {"heatmaps": ["spam"]}}, "predict.heatmaps: no experiment has a variant"),
+        (
+            {"training": {"device": "gpu"}},
+            "training.device: 'gpu' is not valid; use auto (CUDA when present), cpu, cuda",
+        ),
+        ({"features": {"device": "cuda:x"}}, "features.device: 'cuda:x' is not valid"),
+        pytest.param(
+            {"training": {"device": "cuda:7"}},
+            "training.device: cuda:7 asked but this machine has ",
+            marks=pytest.mark.skipif(
+                torch.cuda.device_count() > 7, reason="this machine has a cuda:7"
+            ),
+        ),
     ],
 )
 def test_bad_config_rejected_before_any_job(tmp_path, patch, message):
@@ -152,6 +166,10 @@ def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
     assert len(error_lines) == 1
     assert "bad.svs: not a readable slide" in error_lines[0]
     assert "drop its row from the sample sheet" in error_lines[0]
+    # The end of the run lists the failed job, its slide and its one line.
+    tail = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()
+    assert tail[1].startswith("  patch bad: ") and "bad.svs: not a readable slide" in tail[1]
+    assert tail[2] == "    log: results/tiny/logs/patch/bad.log"
 
     # Features of the good slides are extracted meanwhile (keep-going).
     assert (tmp_path / FEATURES / "good1.h5").is_file()
@@ -169,18 +187,45 @@ def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
     assert np.all([int(line.split("\t")[1]) > 0 for line in summary[1:]])
 
 
+def _corrupt_level0_tiles(slide: Path, tiles: list[int]) -> None:
+    """Overwrite the middle of these level-0 JPEG tiles with random bytes (unreadable)."""
+    with tifffile.TiffFile(slide) as tif:
+        page = tif.pages[0]
+        spans = [(page.dataoffsets[i], page.databytecounts[i]) for i in tiles]
+    rng = np.random.default_rng(0)
+    with slide.open("r+b") as f:
+        for offset, count in spans:
+            f.seek(offset + count // 3)
+            f.write(rng.integers(0, 256, count // 2, dtype=np.uint8).tobytes())
+
+
 @pytest.mark.slow
-def test_slide_without_tissue_is_excluded_and_the_cohort_goes_on(tmp_path):
-    """A blank slide gets 0 patches and a 0-row features file; the other slides are trained,
-    evaluated and predicted, and the report lists the blank one as excluded."""
+def test_bad_slides_are_excluded_everywhere_and_the_cohort_goes_on(tmp_path):
+    """A blank slide, one smaller than a patch and one with most tiles unreadable are excluded
+    (qc summary, splits, report, predictions, end-of-run list); a slide with one unreadable tile
+    keeps its other patches; the other slides are trained, evaluated and predicted."""
     rows = []
     for i in range(8):
         small_slide(tmp_path / f"s{i}.tiff", i)
         rows.append((f"s{i}", f"s{i}.tiff", "tumor" if i % 2 else "normal"))
     blank = np.full((2000, 2000, 3), 245, np.uint8)
     write_pyramidal_tiff(tmp_path / "blank.tiff", blank, 0.5, downsamples=(1, 4))
-    rows.append(("blank", "blank.tiff", "tumor"))
+    image, *_ = render_tissue(200, 200, 0.5, tumour=False, seed=3)
+    write_pyramidal_tiff(tmp_path / "tiny.tiff", image, 0.5, downsamples=(1,))
+    small_slide(tmp_path / "damaged.tiff", 8)
+    _corrupt_level0_tiles(tmp_path / "damaged.tiff", list(range(16)))
+    small_slide(tmp_path / "scratched.tiff", 9)
+    _corrupt_level0_tiles(tmp_path / "scratched.tiff", [5])
+    for name, label in (
+        ("blank", "tumor"),
+        ("tiny", "normal"),
+        ("damaged", "tumor"),
+        ("scratched", "normal"),
+    ):
+        rows.append((name, f"{name}.tiff", label))
     config = base_config(write_sheet(tmp_path / "s.tsv", rows))
+    config["features"]["max_bad_tile_share"] = 0.2
+    config["patching"] = {"qc_max_side": 200}  # thumbnails from level 1: level 0 is read by extract
     config.update(
         seeds=[0],
         experiments={"main": [{"model": "span"}, {"model": "abmil"}]},
@@ -193,13 +238,33 @@ def test_slide_without_tissue_is_excluded_and_the_cohort_goes_on(tmp_path):
     out = tmp_path / "results" / "tiny"
     with h5py.File(tmp_path / FEATURES / "blank.h5") as f:
         assert f["features"].shape == (0, 1024)
-    summary = {r.split("\t")[0]: r for r in (out / "qc" / "summary.tsv").read_text().splitlines()}
-    assert summary["blank"].split("\t")[1] == "0" and "no tissue" in summary["blank"]
+    with h5py.File(tmp_path / FEATURES / "scratched.h5") as f:
+        kept, lost = f["features"].shape[0], f["bad_tiles"].shape[0]
+        assert kept > 0 and 0 < lost <= 4 and f.attrs["tiles_total"] == kept + lost
+        assert np.isfinite(f["features"][:]).all() and (np.abs(f["features"][:]).sum(1) > 0).all()
+    summary = [r.split("\t") for r in (out / "qc" / "summary.tsv").read_text().splitlines()]
+    header, reasons = summary[0], {r[0]: r for r in summary[1:]}
+    excluded = {k: v[header.index("excluded")] for k, v in reasons.items()}
+    assert excluded["blank"].startswith("no tissue") and excluded["tiny"].startswith("no tissue")
+    assert excluded["damaged"].startswith("bad tiles: ")
+    assert excluded["scratched"] == "" and reasons["scratched"][header.index("bad_tiles")] != "0"
+    assert {k for k, v in excluded.items() if v} == {"blank", "tiny", "damaged"}
+    splits = {
+        r.split("\t")[0]: r.split("\t") for r in (out / "splits.tsv").read_text().splitlines()
+    }
+    assert splits["s0"][3] in ("train", "val", "test") and splits["scratched"][4] == ""
+    for name in ("blank", "tiny", "damaged"):
+        assert splits[name][3:] == ["excluded", excluded[name]]
     report = (out / "main" / "report.md").read_text()
-    assert "| blank | no tissue patches |" in report
+    for name in ("blank", "tiny", "damaged"):
+        assert f"| {name} | {excluded[name]} |" in report
+    assert "## Slides with unreadable tiles" in report and "| scratched |" in report
     for model in ("span", "abmil"):
         predictions = (out / "main" / model / "predictions.csv").read_text()
-        assert "s0" in predictions and "blank" not in predictions
+        assert "s0" in predictions and "scratched" in predictions
+        assert not any(name in predictions for name in ("blank", "tiny", "damaged"))
+    listing = res.stdout[res.stdout.index("3 slide(s) excluded") :]
+    assert "damaged: excluded: bad tiles: " in listing and "re-scan or re-export" in listing
 
 
 def test_precomputed_features_skip_patching_and_extraction(tmp_path):

@@ -1,34 +1,73 @@
-"""Subcommand of the data stage: `span split`."""
+"""Subcommands of the data stage: `span qc-summary` (the cohort's register of slides and
+exclusions) and `span split`."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 log = logging.getLogger(__name__)
 
 
+def _qc_summary(args: argparse.Namespace) -> None:
+    from span.data.qc_summary import Exclusion, write_summary
+
+    rows = write_summary(args.features, args.out, args.max_bad_tile_share)
+    log.info("%d slides summarised in %s", len(rows), args.out)
+    for row in rows:
+        if row["excluded"]:
+            log.warning("%s", Exclusion(row["slide_id"], row["excluded"]).line())
+
+
 def _split(args: argparse.Namespace) -> None:
+    from span.data.qc_summary import summary_row
     from span.data.samplesheet import load_sample_sheet
-    from span.data.splits import make_splits, write_splits
+    from span.data.splits import EXCLUDED, make_splits, write_splits
 
     samples = load_sample_sheet(args.samples, args.classes)
+    reasons = {
+        Path(p).stem: summary_row(p, args.max_bad_tile_share)["excluded"] for p in args.features
+    }
+    excluded = {slide: reason for slide, reason in reasons.items() if reason}
     rows, warnings = make_splits(
         samples,
         args.classes,
         seed=args.seed,
         test_fraction=args.test_fraction,
         val_fraction=args.val_fraction,
+        excluded=excluded,
     )
     for warning in warnings:
         log.warning("%s", warning)
     write_splits(rows, args.out)
-    counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test")}
+    counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test", EXCLUDED)}
     log.info("splits: %s -> %s", counts, args.out)
 
 
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
+    return value
+
+
 def register(stages: argparse._SubParsersAction) -> None:
-    """Add `span split`."""
+    """Add `span qc-summary` and `span split`."""
+    q = stages.add_parser(
+        "qc-summary",
+        help="the cohort's table of slides (qc/summary.tsv) and which are excluded, and why",
+    )
+    q.add_argument("--features", nargs="*", default=[], help="every slide's features HDF5")
+    q.add_argument(
+        "--max-bad-tile-share",
+        type=_share,
+        default=0.05,
+        help="exclude a slide when more than this share of its tiles could not be read",
+    )
+    q.add_argument("--out", required=True, help="TSV to write")
+    q.set_defaults(func=_qc_summary)
+
     p = stages.add_parser(
         "split",
         help="train/val/test splits of the labelled slides (official splits win; seed 42)",
@@ -38,5 +77,13 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--test-fraction", type=float, default=1 / 3)
     p.add_argument("--val-fraction", type=float, default=0.15)
+    p.add_argument(
+        "--features",
+        nargs="*",
+        default=[],
+        help="the labelled slides' features files (<slide_id>.h5): slides the QC rule excludes "
+        "get split `excluded`",
+    )
+    p.add_argument("--max-bad-tile-share", type=_share, default=0.05)
     p.add_argument("--out", required=True, help="splits.tsv to write")
     p.set_defaults(func=_split)

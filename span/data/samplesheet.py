@@ -1,8 +1,9 @@
 """The sample sheet (TSV): one row per slide, validated before any job runs.
 
 Columns: `slide_id`, `path` (may be empty when `features` is given), `label` (empty =
-inference only), optional `features`, `patient` and `split` (train/val/test). Only the
-standard library is used: the Snakefile imports this module at parse time.
+inference only), optional `features`, `patient` and `split` (train/val/test). Text is UTF-8
+(a BOM is fine) or UTF-16 with a BOM, as Excel writes. Only the standard library is used: the
+Snakefile imports this module at parse time.
 """
 
 from __future__ import annotations
@@ -59,29 +60,47 @@ def _row_problems(line: int, row: dict, classes: Sequence[str]) -> list[str]:
     return problems
 
 
+def _encoding(path: Path) -> str:
+    """UTF-16 when the file starts with its BOM (Excel's Unicode Text), else UTF-8 with an
+    optional BOM (Excel's CSV UTF-8): a BOM must not end up in the first column's name."""
+    with path.open("rb") as f:
+        return "utf-16" if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+
+
 def load_sample_sheet(path: str | Path, classes: Sequence[str]) -> list[Sample]:
     """Read and validate the sheet; every problem is reported at once in one SpanError."""
     path = Path(path)
     if not path.is_file():
         raise SpanError(path, "sample sheet not found", "set `samples:` in the config to a TSV")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f, delimiter="\t")
-        columns = [c.strip() for c in reader.fieldnames or []]
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
-        if missing:
-            raise SpanError(
-                path,
-                f"missing column(s) {', '.join(missing)} (found: {', '.join(columns) or 'none'})",
-                "the sheet must be tab-separated with a header slide_id, path, label",
-            )
-        known = set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
-        rows = []
-        for row in reader:
-            clean = {
-                k.strip(): (v or "").strip() for k, v in row.items() if k and k.strip() in known
-            }
-            if any(clean.values()):
-                rows.append((reader.line_num, clean))
+    try:
+        with path.open(newline="", encoding=_encoding(path)) as f:
+            reader = csv.DictReader(f, delimiter="\t")
+            columns = [c.strip() for c in reader.fieldnames or []]
+            missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+            if missing:
+                found = ", ".join(map(ascii, columns)) or "none"  # shows invisible characters
+                raise SpanError(
+                    path,
+                    f"missing column(s) {', '.join(missing)} (found: {found})",
+                    "the sheet must be tab-separated with a header slide_id, path, label",
+                )
+            known = set(REQUIRED_COLUMNS + OPTIONAL_COLUMNS)
+            rows = []
+            for row in reader:
+                clean = {
+                    k.strip(): (v or "").strip() for k, v in row.items() if k and k.strip() in known
+                }
+                if any(clean.values()):
+                    rows.append((reader.line_num, clean))
+    except UnicodeDecodeError as exc:
+        raise SpanError(
+            path,
+            f"not UTF-8 text (byte {exc.object[exc.start]:#04x}; Excel's Text (Tab delimited) "
+            "uses the Windows code page)",
+            "save it as UTF-8 text, or from Excel as Unicode Text (tab-separated UTF-16)",
+        ) from exc
+    except PermissionError as exc:
+        raise SpanError(path, "sample sheet not readable", "check its permissions") from exc
     problems: list[str] = []
     seen: dict[str, int] = {}
     for line, row in rows:

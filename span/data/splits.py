@@ -3,7 +3,9 @@
 Protocol, applied by `make_splits`:
 
 * Only labelled slides are split; unlabeled slides are omitted from the rows (they are predicted
-  anyway). A slide without a patient is its own patient. A patient's label is the most frequent
+  anyway). A slide the QC excludes (`excluded`: slide id -> reason, from the features files by
+  span.data.qc_summary's rule) takes no part in the cut: its row has split `excluded` and the
+  reason. A slide without a patient is its own patient. A patient's label is the most frequent
   label of its slides (ties: the class listed first in `classes`).
 * Official splits win: if every labelled slide has a sheet `split`, it is kept. If only some do,
   that is an error. If the official split has no val slides, val is carved from the train
@@ -18,14 +20,14 @@ Protocol, applied by `make_splits`:
   requirements); otherwise it is plain random and a warning says why.
 * Patients are sorted by id, then cut with scikit-learn's `train_test_split(random_state=seed)`:
   the result depends only on (slide_id, patient, label, split) of the labelled slides, the
-  classes and the seed, never on row order or other columns.
+  exclusions, the classes and the seed, never on row order or other columns.
 """
 
 from __future__ import annotations
 
 import csv
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +35,8 @@ from span.atomic import write_text_atomic
 from span.data.samplesheet import SPLITS, Sample
 from span.errors import SpanError
 
-COLUMNS = ("slide_id", "patient", "label", "split")
+COLUMNS = ("slide_id", "patient", "label", "split", "excluded")
+EXCLUDED = "excluded"  # the split of a slide the QC excludes
 
 # A patient group: (0, patient id) for a named patient, (1, slide_id) for a slide on its own, so a
 # slide id can never collide with a patient id.
@@ -48,6 +51,7 @@ class SplitRow:
     patient: str
     label: str
     split: str
+    excluded: str = ""  # why, when split is EXCLUDED
 
 
 def _key(s: Sample) -> _Key:
@@ -161,13 +165,33 @@ def make_splits(
     seed: int = 42,
     test_fraction: float = 1 / 3,
     val_fraction: float = 0.15,
+    excluded: Mapping[str, str] | None = None,
 ) -> tuple[list[SplitRow], list[str]]:
     """Assign every labelled slide to train/val/test at the patient level (see module doc).
 
     Returns the rows sorted by slide_id (unlabeled slides omitted) and human-readable warnings.
     """
+    excluded = excluded or {}
     labelled = sorted((s for s in samples if s.label), key=_slide_id)
     _check(labelled, classes, {"test_fraction": test_fraction, "val_fraction": val_fraction})
+    left_out = [
+        SplitRow(s.slide_id, s.patient, s.label, EXCLUDED, excluded[s.slide_id])
+        for s in labelled
+        if s.slide_id in excluded
+    ]
+    labelled = [s for s in labelled if s.slide_id not in excluded]
+    rows, warnings = _assign(labelled, classes, seed, test_fraction, val_fraction)
+    return sorted(rows + left_out, key=lambda r: r.slide_id), warnings
+
+
+def _assign(
+    labelled: list[Sample],
+    classes: list[str],
+    seed: int,
+    test_fraction: float,
+    val_fraction: float,
+) -> tuple[list[SplitRow], list[str]]:
+    """The protocol's train/val/test rows of the slides taking part in the cut."""
     warnings: list[str] = []
     if not labelled:
         return [], ["no labelled slides: nothing to split"]
@@ -211,10 +235,11 @@ def make_splits(
 
 
 def write_splits(rows: Sequence[SplitRow], path: str | Path) -> None:
-    """Write `splits.tsv` atomically: columns slide_id, patient, label, split; sorted by slide."""
+    """Write `splits.tsv` atomically: columns slide_id, patient, label, split, excluded (the
+    reason, for split `excluded`); sorted by slide."""
     lines = ["\t".join(COLUMNS)]
     lines += [
-        "\t".join((r.slide_id, r.patient, r.label, r.split))
+        "\t".join((r.slide_id, r.patient, r.label, r.split, r.excluded))
         for r in sorted(rows, key=lambda r: r.slide_id)
     ]
     write_text_atomic(path, "\n".join(lines) + "\n")
@@ -230,7 +255,7 @@ def read_splits(path: str | Path) -> list[SplitRow]:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
         if header is None or [c.strip() for c in header] != list(COLUMNS):
-            raise SpanError(path, f"not a splits file (header {header!r})", fix)
+            raise SpanError(path, f"not a splits file of this version (header {header!r})", fix)
         rows: list[SplitRow] = []
         seen: set[str] = set()
         for row in reader:
@@ -240,10 +265,10 @@ def read_splits(path: str | Path) -> list[SplitRow]:
             if len(row) != len(COLUMNS):
                 raise SpanError(path, f"line {line}: expected {len(COLUMNS)} columns", fix)
             slide_id, split = row[0].strip(), row[3].strip()
-            if not slide_id or split not in SPLITS:
+            if not slide_id or split not in (*SPLITS, EXCLUDED):
                 raise SpanError(path, f"line {line}: bad slide_id or split {split!r}", fix)
             if slide_id in seen:
                 raise SpanError(path, f"line {line}: duplicate slide_id {slide_id!r}", fix)
             seen.add(slide_id)
-            rows.append(SplitRow(slide_id, row[1].strip(), row[2].strip(), split))
+            rows.append(SplitRow(slide_id, row[1].strip(), row[2].strip(), split, row[4].strip()))
     return rows

@@ -73,6 +73,7 @@ def _predict(args: argparse.Namespace) -> None:
         Path(args.heatmaps) if args.heatmaps else None,
         args.heatmap_max_side,
         args.device,
+        Path(args.qc) if args.qc else None,
     )
 
 
@@ -124,4 +125,5 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--heatmaps", help="folder for one heatmap PNG per slide (optional)")
     p.add_argument("--heatmap-max-side", type=int, default=1200)
     p.add_argument("--device", default="auto")
+    p.add_argument("--qc", help="qc/summary.tsv: its excluded slides are not predicted")
     p.set_defaults(func=_predict)

@@ -2,23 +2,38 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import cv2
 import matplotlib
 import numpy as np
+import openslide
 
 from span.slides.reader import open_slide
+
+log = logging.getLogger(__name__)
 
 #: Opacity of the heatmap over tissue.
 ALPHA = 0.5
 
 
 def thumbnail(slide_path: str | Path, max_side: int) -> tuple[np.ndarray, float]:
-    """RGB thumbnail whose longest side is at most `max_side`, and level-0 px per thumbnail px."""
+    """RGB thumbnail whose longest side is at most `max_side`, and level-0 px per thumbnail px.
+
+    A slide whose thumbnail cannot be read (damaged tiles, already left out of its bag) gets a
+    white one of the same size, so its heatmap is still drawn."""
     with open_slide(slide_path) as slide:
-        image = np.asarray(slide.get_thumbnail((max_side, max_side)).convert("RGB"))
-        return image, slide.dimensions[0] / image.shape[1]
+        w0, h0 = slide.dimensions  # before a failed read leaves the handle in an error state
+        try:
+            image = np.asarray(slide.get_thumbnail((max_side, max_side)).convert("RGB"))
+        except openslide.OpenSlideError as exc:
+            log.warning(
+                "%s: thumbnail unreadable (%s): heatmap on a white background", slide_path, exc
+            )
+            ds = max(1.0, max(w0, h0) / max_side)
+            image = np.full((max(1, round(h0 / ds)), max(1, round(w0 / ds)), 3), 255, np.uint8)
+        return image, w0 / image.shape[1]
 
 
 def rank_normalise(scores: np.ndarray) -> np.ndarray:

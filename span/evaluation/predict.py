@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from span.atomic import write_text_atomic
+from span.data.qc_summary import read_exclusions
 from span.data.samplesheet import load_sample_sheet
+from span.device import resolve_device
 from span.evaluation.heatmap import render_heatmap
-from span.features.extract import resolve_device
 from span.h5io import open_h5, read_attrs
 from span.models import build_model
 from span.slides.qc import write_png
@@ -34,10 +35,17 @@ def run_prediction(
     heatmap_dir: Path | None = None,
     max_side: int = 1200,
     device: str = "auto",
+    qc: Path | None = None,
 ) -> None:
     """Predict every slide of the sheet with each run's best checkpoint; write the CSV (rows
-    per seed, then `mean`) and, with `heatmap_dir`, one PNG per slide that has a slide file."""
+    per seed, then `mean`) and, with `heatmap_dir`, one PNG per slide that has a slide file.
+    Slides that `qc` (qc/summary.tsv) excludes are not predicted."""
     samples = load_sample_sheet(samples_tsv, classes)
+    if qc is not None:
+        excluded = {e.slide_id: e.reason for e in read_exclusions(qc)}
+        for slide_id, reason in excluded.items():
+            log.warning("%s: no prediction (excluded: %s)", slide_id, reason)
+        samples = [s for s in samples if s.slide_id not in excluded]
     bags = [
         Bag(
             s.slide_id,

@@ -278,6 +278,16 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float, str | None]:
     return float(v.mean()), float(v.std(ddof=1)), note
 
 
+def _recorded_pairs(infos: Sequence[dict], key: str, width: int) -> list[tuple]:
+    """The runs' `key` entries (lists of `width` items, the slide id first), one per slide."""
+    by_slide: dict[str, tuple] = {}
+    for info in infos:
+        for entry in info.get(key) or []:
+            if isinstance(entry, list | tuple) and len(entry) == width:
+                by_slide.setdefault(str(entry[0]), tuple(entry))
+    return list(by_slide.values())
+
+
 def _unique(values: Sequence) -> list:
     return list(dict.fromkeys(v for v in values if v is not None))
 
@@ -679,7 +689,6 @@ def write_report(
     reference: str,
     classes: Sequence[str],
     cohort: str = "",
-    excluded: Sequence[tuple[str, str]] | None = None,
     device: str | None = None,
     encoder_weights: str | None = None,
     n_bootstrap: int = 1000,
@@ -690,8 +699,8 @@ def write_report(
 ) -> dict:
     """Write results.csv, results_per_seed.csv, results.md, roc.png and report.md; return paths.
 
-    `device`, `encoder_weights` and `excluded` ((slide_id, reason) pairs) default to the values
-    recorded in the runs' metrics.json (`excluded` there is optional). `labels` maps variants
+    `device` and `encoder_weights` default to the values recorded in the runs' metrics.json,
+    as do the excluded slides and those that lost unreadable tiles. `labels` maps variants
     to display names; `sweep` names the hyperparameter of a sweep experiment, whose plot
     (sweep.png, written by `span sweep-plot`) the report then shows.
     """
@@ -706,13 +715,8 @@ def write_report(
     weights = encoder_weights or " / ".join(run_weights)
     devices = device or " / ".join(_unique(i["device"] for i in infos))
     random_weights = "random" in {*run_weights, encoder_weights}
-    if excluded is None:
-        excluded = _unique(
-            (str(e[0]), str(e[1]))
-            for i in infos
-            for e in (i.get("excluded") or [])
-            if isinstance(e, list | tuple) and len(e) == 2
-        )
+    excluded = _recorded_pairs(infos, "excluded", 2)
+    damaged = _recorded_pairs(infos, "bad_tiles", 3)
 
     paths = {
         "results_csv": out_dir / "results.csv",
@@ -780,6 +784,16 @@ def write_report(
     else:
         ex = "None."
     parts.append(f"## Excluded slides\n\n{ex}\n")
+    if damaged:
+        rows_md = "\n".join(
+            f"| {_cell(slide)} | {bad} | {float(share):.1%} |" for slide, bad, share in damaged
+        )
+        parts.append(
+            "## Slides with unreadable tiles\n\nThese tiles could not be read and were left "
+            "out of the slide's bag; the slide itself is kept (below "
+            "features.max_bad_tile_share).\n\n| Slide | Tiles left out | Share of the slide |\n"
+            f"|---|---|---|\n{rows_md}\n"
+        )
     parts.append(
         "## Appendix: per-seed results\n\n<details>\n<summary>Per-seed numbers</summary>\n\n"
         f"{per_seed_table(seed_rows, classes)}\n\n</details>\n"

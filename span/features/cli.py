@@ -40,7 +40,9 @@ def _extract(args: argparse.Namespace) -> None:
 def _import(args: argparse.Namespace) -> None:
     from span.features.interop import import_features
 
-    fs = import_features(args.features, args.out, args.slide_id, args.patch_size_level0)
+    fs = import_features(
+        args.features, args.out, args.slide_id, args.patch_size_level0, args.encoder, args.layer
+    )
     log.info("%s: imported %d x %d features -> %s", args.slide_id, *fs.features.shape, args.out)
 
 
@@ -79,5 +81,15 @@ def register(stages: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="features HDF5 to write")
     q.add_argument(
         "--patch-size-level0", type=int, help="patch side at level 0 when the file has no attrs"
+    )
+    q.add_argument(
+        "--encoder",
+        help="encoder that made the features, recorded when the file does not say (CLAM's do "
+        "not); a file that records its own keeps it, with a warning if it differs",
+    )
+    q.add_argument(
+        "--layer",
+        help="that encoder's output layer (layer3 for CLAM's 1024-d ResNet-50), recorded the "
+        "same way; give both so the slides match ones extracted with that encoder and layer",
     )
     q.set_defaults(func=_import)

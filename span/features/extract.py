@@ -22,12 +22,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import span
+from span.device import resolve_device
 from span.errors import SpanError
 from span.features.encoders import Encoder
 from span.features.feature_file import FEATURE_DTYPES
 from span.features.tiles import SlideTiles, worker_init
 from span.h5io import write_attrs
 from span.slides.patch_file import PatchSet, read_patch_file
+from span.slides.reader import open_slide
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,6 @@ class ExtractOptions:
             raise ValueError(f"dtype must be one of {sorted(FEATURE_DTYPES)}")
         if self.batch_size < 1 or self.num_workers < 0 or self.flush_every < 1:
             raise ValueError("batch_size and flush_every must be >= 1, num_workers >= 0")
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` = CUDA when present, else CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def partial_path(out: Path) -> Path:
@@ -123,19 +118,44 @@ class PartialFeatures:
         self.file.flush()
 
     def finalize(self, out: Path, patches: PatchSet, attrs: dict) -> np.ndarray:
-        """Add coords, grid, bad_tiles and attributes, then rename into place."""
+        """Keep the readable rows, add coords, grid, bad_tiles and attributes, then rename into
+        place. Returns the level-0 coords of the unreadable tiles (left out of the bag)."""
+        ok = self.file["ok"][:]
+        del self.file["ok"]
+        if not ok.all():
+            self._drop_rows(ok)
         f = self.file
-        bad = np.flatnonzero(~f["ok"][:]).astype(np.int64)
-        del f["ok"]
-        f.create_dataset("coords", data=np.asarray(patches.coords, np.int64).reshape(-1, 2))
-        f.create_dataset("grid", data=np.asarray(patches.grid, np.int32).reshape(-1, 2))
-        f.create_dataset("bad_tiles", data=bad)
+        coords = np.asarray(patches.coords, np.int64).reshape(-1, 2)
+        f.create_dataset("coords", data=coords[ok])
+        f.create_dataset("grid", data=np.asarray(patches.grid, np.int32).reshape(-1, 2)[ok])
+        f.create_dataset("bad_tiles", data=coords[~ok])
         for key in ("fingerprint", "done"):
             del f.attrs[key]
-        write_attrs(f, attrs)
+        share = float(np.count_nonzero(~ok) / len(ok)) if len(ok) else 0.0
+        write_attrs(f, {**attrs, "tiles_total": len(ok), "bad_tile_share": share})
         f.close()
         os.replace(self.path, out)
-        return bad
+        return coords[~ok]
+
+    def _drop_rows(self, ok: np.ndarray, block: int = 4096) -> None:
+        """Rewrite the partial file with only the `ok` feature rows, block by block (a rewrite,
+        not an in-place delete, so the file keeps no dead space)."""
+        src = self.file["features"]
+        kept = int(ok.sum())
+        slim = self.path.with_name(f"{self.path.stem}.slim.h5")
+        with h5py.File(slim, "w") as g:
+            chunk = (min(kept, 256), src.shape[1]) if kept else None
+            dst = g.create_dataset("features", (kept, src.shape[1]), src.dtype, chunks=chunk)
+            at = 0
+            for start in range(0, len(ok), block):
+                rows = src[start : start + block][ok[start : start + block]]
+                dst[at : at + len(rows)] = rows
+                at += len(rows)
+            for key, value in self.file.attrs.items():
+                g.attrs[key] = value
+        self.file.close()
+        os.replace(slim, self.path)
+        self.file = h5py.File(self.path, "r+")
 
     def close(self) -> None:
         if self.file.id.valid:
@@ -161,12 +181,12 @@ def extract_slide(
     encoder: Encoder,
     options: ExtractOptions,
 ) -> np.ndarray:
-    """Encode every patch of one slide into `out`; returns the indices of bad tiles."""
+    """Encode every patch of one slide into `out`; returns the level-0 coords of the tiles that
+    could not be read (left out of the features)."""
     slide_path, out = Path(slide_path), Path(out)
     patches = read_patch_file(patch_file)
     n, slide_id = len(patches), patches.attrs.get("slide_id", out.stem)
-    if not slide_path.is_file():
-        raise SpanError(slide_path, "slide file not found", "fix its path in the sample sheet")
+    open_slide(slide_path).close()  # a missing, unreadable or damaged file: one clear line
     device = resolve_device(options.device)
     flush_every = max(1, options.flush_every // options.batch_size) * options.batch_size
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -195,10 +215,14 @@ def extract_slide(
         partial.close()
     if len(bad):
         log.warning(
-            "%s: %d tiles could not be read and were zero-filled: %s",
+            "%s: %d of %d tiles (%.1f%%) could not be read and are left out of the bag "
+            "(the QC summary excludes the slide above features.max_bad_tile_share); first "
+            "at level-0 %s",
             slide_id,
             len(bad),
-            bad[:20].tolist(),
+            n,
+            100 * len(bad) / n,
+            [tuple(c) for c in bad[:5].tolist()],
         )
     return bad
 
@@ -232,8 +256,10 @@ def _encode_remaining(
         num_workers=options.num_workers,
         worker_init_fn=worker_init if options.num_workers else None,
         # A fresh process, not a fork: OpenCV's and OpenMP's thread pools do not survive
-        # fork (a forked worker can hang on its first cv2 call).
-        multiprocessing_context="forkserver" if options.num_workers else None,
+        # fork (a forked worker can hang on its first cv2 call). Spawned, not forkserver'd: a
+        # worker must be this process's child to die with it (worker_init); a forkserver's
+        # child kept itself and the forkserver alive after a kill -9 of this process.
+        multiprocessing_context="spawn" if options.num_workers else None,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if options.num_workers else None,
     )

@@ -1,7 +1,10 @@
 """The features HDF5 file: `features` (N x D), `coords`, `grid`, `bad_tiles` and attributes.
 
 The layout is a superset of CLAM's and TRIDENT's (`features` + `coords`), so their readers
-load ours; `grid` is what SPAN consumes. The patch file's attributes are copied over.
+load ours; `grid` is what SPAN consumes. The patch file's attributes are copied over. Rows are
+the readable patches only: `bad_tiles` holds the level-0 coordinates (K x 2) of the tiles that
+could not be read and were left out, and the attributes `tiles_total` and `bad_tile_share`
+say how many patches the slide had and which share of them was lost.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ class FeatureSet:
     features: np.ndarray
     coords: np.ndarray
     grid: np.ndarray
-    bad_tiles: np.ndarray
+    bad_tiles: np.ndarray  # (K, 2) level-0 coords of unreadable tiles, not in the rows
     attrs: dict
 
     def __len__(self) -> int:
@@ -43,7 +46,7 @@ def write_feature_file(path: str | Path, fs: FeatureSet) -> None:
         f.create_dataset("features", data=fs.features)
         f.create_dataset("coords", data=np.asarray(fs.coords, np.int64).reshape(-1, 2))
         f.create_dataset("grid", data=np.asarray(fs.grid, np.int32).reshape(-1, 2))
-        f.create_dataset("bad_tiles", data=np.asarray(fs.bad_tiles, np.int64).reshape(-1))
+        f.create_dataset("bad_tiles", data=np.asarray(fs.bad_tiles, np.int64).reshape(-1, 2))
         write_attrs(f, {**fs.attrs, "feature_dim": fs.feature_dim})
 
 
@@ -56,7 +59,7 @@ def read_feature_file(path: str | Path, expected_dim: int | None = None) -> Feat
             features = f["features"][:]
             coords = f["coords"][:]
             grid = f["grid"][:]
-            bad = f["bad_tiles"][:] if "bad_tiles" in f else np.zeros(0, np.int64)
+            bad = f["bad_tiles"][:] if "bad_tiles" in f else np.zeros((0, 2), np.int64)
         except OSError as exc:
             raise SpanError(path, f"damaged dataset ({exc})", fix) from exc
         attrs = read_attrs(f)

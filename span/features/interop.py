@@ -39,13 +39,18 @@ _OWN_KEYS = frozenset(
 
 
 def import_features(
-    src: str | Path, out: str | Path, slide_id: str, patch_size_level0: int | None = None
+    src: str | Path,
+    out: str | Path,
+    slide_id: str,
+    patch_size_level0: int | None = None,
+    encoder: str | None = None,
+    layer: str | None = None,
 ) -> FeatureSet:
     """Convert one slide's features file from CLAM, TRIDENT or SPAN into our layout at `out`.
 
-    `patch_size_level0` (from the config) is used only when the file does not say; off-grid
-    coordinates (CLAM's per-region grids) are snapped to the global grid, keeping one patch per
-    cell. Returns the FeatureSet written.
+    `patch_size_level0`, `encoder` and `layer` (from the config) are used only when the file
+    does not say; off-grid coordinates (CLAM's per-region grids) are snapped to the global grid,
+    keeping one patch per cell. Returns the FeatureSet written.
     """
     with open_h5(src, _FIX) as f:
         require_datasets(f, src, ("features", "coords"), _FIX)
@@ -61,6 +66,9 @@ def import_features(
     ps0, warnings = _patch_size_level0(src, root, coord_attrs, patch_size_level0)
     coords, grid, keep, grid_warnings = _to_global_grid(coords, ps0)
     warnings += grid_warnings
+    encoder, encoder_warnings = _provenance(root, feat_attrs, "encoder", encoder, "imported")
+    layer, layer_warnings = _provenance(root, feat_attrs, "layer", layer, "")
+    warnings += encoder_warnings + layer_warnings
     if len(features) == 0:
         warnings.append("no patches")
     for message in warnings:
@@ -72,9 +80,9 @@ def import_features(
         slide_id=slide_id,
         source=str(src),
         source_layout=layout,
-        encoder=_text(root, feat_attrs, "encoder", "imported"),
-        layer=_text(root, feat_attrs, "layer", ""),
-        weights=_text(root, feat_attrs, "weights", "unknown"),
+        encoder=encoder,
+        layer=layer,
+        weights=_provenance(root, feat_attrs, "weights", None, "unknown")[0],
         patch_size_level0=ps0,
         warnings=[str(w) for w in source_warnings] + warnings,
     )
@@ -83,7 +91,7 @@ def import_features(
         features=features[keep].astype(dtype, copy=False),
         coords=coords,
         grid=grid,
-        bad_tiles=_remap_rows(bad, keep, len(features)),
+        bad_tiles=_bad_tiles(bad),
         attrs=attrs,
     )
     write_feature_file(out, fs)
@@ -239,18 +247,12 @@ def _nearest_per_cell(grid: np.ndarray, dist2: np.ndarray) -> np.ndarray:
     return np.sort(order[first])
 
 
-def _remap_rows(rows: np.ndarray | None, keep: np.ndarray, n: int) -> np.ndarray:
-    """A SPAN source's bad-tile row indices renumbered after dropping rows (empty if none)."""
-    if rows is None:
-        return np.zeros(0, np.int64)
-    rows = np.asarray(rows, np.int64).reshape(-1)
-    if len(keep) == n:
-        return rows
-    if len(keep) == 0:
-        return np.zeros(0, np.int64)
-    pos = np.searchsorted(keep, rows)
-    found = (pos < len(keep)) & (keep[np.minimum(pos, len(keep) - 1)] == rows)
-    return pos[found]
+def _bad_tiles(bad: np.ndarray | None) -> np.ndarray:
+    """A SPAN source's unreadable tiles (level-0 coords, K x 2; none from other layouts or
+    from files of versions that stored row numbers)."""
+    if bad is None or bad.ndim != 2 or bad.shape[1] != 2:
+        return np.zeros((0, 2), np.int64)
+    return bad.astype(np.int64)
 
 
 def _copied_attrs(root: dict) -> dict:
@@ -262,7 +264,17 @@ def _copied_attrs(root: dict) -> dict:
     }
 
 
-def _text(root: dict, feat_attrs: dict, key: str, default: str) -> str:
-    """A provenance string from the root (or `features`) attributes, else `default`."""
+def _provenance(
+    root: dict, feat_attrs: dict, key: str, given: str | None, default: str
+) -> tuple[str, list[str]]:
+    """(value, warnings): the file's root (or `features`) attribute `key`, else `given` (the
+    config's), else `default`; a file recording another value than `given` keeps its own."""
     value = root.get(key, feat_attrs.get(key))
-    return default if value is None else str(value)
+    if value is None or str(value) == default:  # `default` = unrecorded, as an import writes it
+        return (default if given is None else given), []
+    if given is not None and str(value) != given:
+        return str(value), [
+            f"the file records {key} {str(value)!r}, kept over {given!r} "
+            f"(features.import_{key}, meant for files that do not record one)"
+        ]
+    return str(value), []

@@ -1,13 +1,14 @@
 """Reading patches as encoder-ready tiles, in parallel DataLoader workers.
 
 Each worker process opens its own slide handle. A failed read is retried once with a fresh
-handle (openslide refuses every read after an error); a tile that still fails is zero-filled
-and flagged, never silently kept.
+handle (openslide refuses every read after an error); a tile that still fails comes back blank
+and flagged, and the extraction leaves it out of the slide's features.
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import openslide
 import torch
 from torch.utils.data import Dataset
 
+from span.features.worker_lifetime import die_with_parent
 from span.slides.reader import rgba_to_rgb
 
 log = logging.getLogger(__name__)
@@ -75,9 +77,9 @@ class SlideTiles(Dataset):
                     "%s: patch %d at %s: read failed (%s)%s",
                     self.slide_path,
                     index,
-                    tuple(self.coords[index]),
+                    tuple(self.coords[index].tolist()),
                     exc,
-                    "; retrying" if attempt == 0 else "; zero-filled",
+                    "; retrying" if attempt == 0 else "; left out of the bag",
                 )
                 self._slide = None  # the handle is in an error state; reopen on next use
         blank = torch.zeros((self.out_size, self.out_size, 3), dtype=torch.uint8)
@@ -85,6 +87,8 @@ class SlideTiles(Dataset):
 
 
 def worker_init(_: int) -> None:
-    """Workers decode tiles; one thread each leaves the cores to the encoder."""
+    """Workers decode tiles; one thread each leaves the cores to the encoder. A worker dies with
+    the process that started it, however that one ends (a kill -9 left it running)."""
+    die_with_parent(multiprocessing.parent_process().pid)
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

@@ -1,5 +1,4 @@
-"""Subcommands of the slide stage: `span patch`, `span qc-summary`, `span demo-slide`,
-`span demo-cohort`."""
+"""Subcommands of the slide stage: `span patch`, `span demo-slide`, `span demo-cohort`."""
 
 from __future__ import annotations
 
@@ -46,16 +45,6 @@ def _patch(args: argparse.Namespace) -> None:
     except ValueError as exc:
         args.parser.error(str(exc))
     run_patching(args.slide, args.slide_id, args.out, args.qc, params)
-
-
-def _qc_summary(args: argparse.Namespace) -> None:
-    from span.slides.qc import write_qc_summary
-
-    rows = write_qc_summary(args.patches, args.out)
-    empty = [r["slide_id"] for r in rows if r["patches"] == 0]
-    log.info("%d slides summarised in %s", len(rows), args.out)
-    if empty:
-        log.warning("slides without tissue patches (excluded later): %s", ", ".join(empty))
 
 
 def _demo_slide(args: argparse.Namespace) -> None:
@@ -110,11 +99,6 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--min-hole-area-um2", type=float)
     p.add_argument("--exclude-pen", action=argparse.BooleanOptionalAction, default=None)
     p.set_defaults(func=_patch, parser=p)
-
-    q = stages.add_parser("qc-summary", help="cohort table of the slide stage (qc/summary.tsv)")
-    q.add_argument("--patches", nargs="*", default=[], help="patch HDF5 files")
-    q.add_argument("--out", required=True, help="TSV to write")
-    q.set_defaults(func=_qc_summary)
 
     d = stages.add_parser(
         "demo-slide", help="write one synthetic demo slide (pyramidal TIFF, JPEG tiles)"

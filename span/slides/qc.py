@@ -1,30 +1,19 @@
-"""Quality-control outputs of the slide stage: a per-slide PNG and the cohort summary table."""
+"""Quality-control image of the slide stage: each slide's thumbnail with its kept cells (the
+cohort table is span.data.qc_summary)."""
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from span.atomic import atomic_output, write_text_atomic
-from span.slides.patch_file import read_patch_file
+from span.atomic import atomic_output
 
 CELL_RGB = (0, 170, 60)
 TISSUE_RGB = (20, 60, 230)
 PEN_RGB = (230, 0, 160)
-SUMMARY_COLUMNS = (
-    "slide_id",
-    "patches",
-    "tissue_area_mm2",
-    "slide_mpp",
-    "mpp_source",
-    "patch_size_level0",
-    "warnings",
-)
 
 
 def _cell_edges(n_px: int, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,34 +76,3 @@ def write_png(path: str | Path, rgb: np.ndarray) -> None:
     with atomic_output(path) as tmp:
         if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
             raise OSError(f"could not write {path}")
-
-
-def qc_summary_rows(patch_files: Sequence[str | Path]) -> list[dict]:
-    """One summary row per patch file, from its attributes."""
-    rows = []
-    for path in patch_files:
-        patches = read_patch_file(path)
-        a = patches.attrs
-        rows.append(
-            {
-                "slide_id": a.get("slide_id", Path(path).stem),
-                "patches": len(patches),
-                "tissue_area_mm2": f"{a.get('tissue_area_mm2', float('nan')):.4f}",
-                "slide_mpp": f"{a.get('slide_mpp', float('nan')):.4f}",
-                "mpp_source": a.get("mpp_source", ""),
-                "patch_size_level0": a.get("patch_size_level0", ""),
-                "warnings": "; ".join(patches.warnings),
-            }
-        )
-    return rows
-
-
-def write_qc_summary(patch_files: Sequence[str | Path], out_tsv: str | Path) -> list[dict]:
-    """Write the cohort's `qc/summary.tsv` atomically and return its rows."""
-    rows = qc_summary_rows(patch_files)
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, SUMMARY_COLUMNS, delimiter="\t", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out_tsv, buf.getvalue())
-    return rows

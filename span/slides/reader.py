@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,13 +28,37 @@ class Resolution:
     warnings: list[str] = field(default_factory=list)
 
 
+def _check_openable(path: Path) -> None:
+    """Raise a SpanError naming why `path` cannot be opened as a file: openslide reports a
+    missing, unreadable or directory path alike as an unsupported format."""
+    try:
+        if path.is_dir():
+            raise SpanError(
+                path,
+                "a directory, not a slide file",
+                "give the slide file itself in the sample sheet (for MIRAX, the .mrxs file)",
+            )
+        os.close(os.open(path, os.O_RDONLY | os.O_NONBLOCK))  # non-blocking: a FIFO cannot hang
+    except FileNotFoundError as exc:
+        raise SpanError(
+            path, "slide file not found", "correct its path in the sample sheet or drop the row"
+        ) from exc
+    except PermissionError as exc:
+        raise SpanError(
+            path,
+            "slide file not readable by this user (permission denied)",
+            "check the permissions of the file and its folders (e.g. chmod a+r)",
+        ) from exc
+    except OSError as exc:
+        raise SpanError(
+            path, f"cannot open the slide file ({exc.strerror})", "check its path and storage"
+        ) from exc
+
+
 def open_slide(path: str | Path) -> openslide.OpenSlide:
     """Open a slide, turning openslide's errors into one actionable line."""
     path = Path(path)
-    if not path.is_file():
-        raise SpanError(
-            path, "slide file not found", "correct its path in the sample sheet or drop the row"
-        )
+    _check_openable(path)
     try:
         return openslide.OpenSlide(str(path))
     except (openslide.OpenSlideError, OSError, ValueError) as exc:

@@ -38,19 +38,22 @@ class CohortInfo:
     encoder: str
     weights: str
     excluded: list[tuple[str, str]]  # (slide_id, reason)
+    damaged: list[tuple[str, int, float]]  # (slide_id, unreadable tiles left out, their share)
 
 
 def inspect_cohort(bags: list[Bag]) -> CohortInfo:
-    """Check that all features files share encoder, layer and width; drop empty slides."""
-    fix = "extract every slide with the same encoder and layer (features section of the config)"
+    """Check that all features files share encoder, layer and width; drop empty slides; note the
+    slides that lost unreadable tiles."""
     kinds: dict[tuple, list[str]] = {}
     excluded = []
+    damaged = []
     weights = set()
     for bag in bags:
         with open_h5(bag.features, "re-run feature extraction for this slide") as f:
             if "features" not in f:
                 raise SpanError(bag.features, "no `features` dataset", "re-run feature extraction")
             shape = f["features"].shape
+            bad = f["bad_tiles"].shape[0] if "bad_tiles" in f else 0
             attrs = read_attrs(f)
         if len(shape) != 2:
             raise SpanError(bag.features, f"features have shape {shape}", "re-run extraction")
@@ -60,17 +63,55 @@ def inspect_cohort(bags: list[Bag]) -> CohortInfo:
         key = (attrs.get("encoder", "unknown"), attrs.get("layer", ""), int(shape[1]))
         kinds.setdefault(key, []).append(bag.slide_id)
         weights.add(str(attrs.get("weights", "unknown")))
+        if bad:
+            damaged.append((bag.slide_id, int(bad), float(attrs.get("bad_tile_share", 0.0))))
     if not kinds:
         raise SpanError(None, "no slide with tissue patches in this cohort", "check the QC table")
     if len(kinds) > 1:
-        described = "; ".join(
-            f"{enc} {layer} {dim}-d: {len(ids)} slide(s), e.g. {ids[0]}"
-            for (enc, layer, dim), ids in kinds.items()
-        )
-        raise SpanError(None, f"the cohort's features mix encoders or widths ({described})", fix)
+        raise _mixed_kinds_error(kinds)
     (encoder, layer, dim), _ = next(iter(kinds.items()))
-    return CohortInfo(
-        dim, f"{encoder}-{layer}" if layer else encoder, ", ".join(sorted(weights)), excluded
+    name = f"{encoder}-{layer}" if layer else encoder
+    return CohortInfo(dim, name, ", ".join(sorted(weights)), excluded, damaged)
+
+
+#: What `span import-features` records for a file that does not say which encoder and layer.
+_UNRECORDED = {"encoder": "imported", "layer": ""}
+
+
+def _mixed_kinds_error(kinds: dict[tuple, list[str]]) -> SpanError:
+    """The error for a cohort of several (encoder, layer, width) kinds; when they differ only by
+    what imported files leave unrecorded, it names those slides and the config keys to set."""
+    described = "; ".join(
+        f"{' '.join(filter(None, (enc, layer)))} {dim}-d: {len(ids)} slide(s), e.g. {ids[0]}"
+        for (enc, layer, dim), ids in kinds.items()
+    )
+    generic = SpanError(
+        None,
+        f"the cohort's features mix encoders or widths ({described})",
+        "extract every slide with the same encoder and layer (features section of the config)",
+    )
+    if len({dim for *_, dim in kinds}) > 1:
+        return generic
+    settings, fields, unrecorded = [], [], set()
+    for i, (field, placeholder) in enumerate(_UNRECORDED.items()):
+        values = {kind[i] for kind in kinds}
+        recorded = values - {placeholder}
+        if len(recorded) > 1:
+            return generic
+        if len(values) > 1:  # one recorded value, and slides that do not record theirs
+            fields.append(field)
+            settings.append(f"features.import_{field}: {recorded.pop()}")
+            unrecorded.update(
+                s for kind, ids in kinds.items() if kind[i] == placeholder for s in ids
+            )
+    shown = ", ".join(sorted(unrecorded)[:3])
+    return SpanError(
+        None,
+        f"{len(unrecorded)} slide(s) (e.g. {shown}) come from imported features files that do not "
+        f"record their {' and '.join(fields)}, so they cannot be matched with the others "
+        f"({described})",
+        f"set {' and '.join(settings)} in the config if that is what made those files, or "
+        "re-export them with `encoder` and `layer` attributes",
     )
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 
 import span
-from span.data.splits import read_splits
+from span.data.splits import EXCLUDED, read_splits
+from span.device import resolve_device
 from span.errors import SpanError
-from span.features.extract import resolve_device
 from span.memory import reduce_heap_fragmentation
 from span.models import build_model
 from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
@@ -28,10 +28,17 @@ from span.training.trainer import (
 log = logging.getLogger(__name__)
 
 
-def split_bags(splits_tsv: Path, features_dir: Path, classes: list[str]) -> dict[str, list[Bag]]:
-    """Bags of the train, val and test sets; features at `<features_dir>/<slide_id>.h5`."""
+def split_bags(
+    splits_tsv: Path, features_dir: Path, classes: list[str]
+) -> tuple[dict[str, list[Bag]], list[tuple[str, str]]]:
+    """Bags of the train, val and test sets (features at `<features_dir>/<slide_id>.h5`), and
+    the (slide_id, reason) of the slides the split excluded."""
     sets: dict[str, list[Bag]] = {"train": [], "val": [], "test": []}
+    excluded = []
     for row in read_splits(splits_tsv):
+        if row.split == EXCLUDED:
+            excluded.append((row.slide_id, row.excluded))
+            continue
         if row.label not in classes:
             raise SpanError(
                 splits_tsv,
@@ -40,7 +47,7 @@ def split_bags(splits_tsv: Path, features_dir: Path, classes: list[str]) -> dict
             )
         bag = Bag(row.slide_id, features_dir / f"{row.slide_id}.h5", classes.index(row.label))
         sets[row.split].append(bag)
-    return sets
+    return sets, excluded
 
 
 def device_description(device: torch.device) -> str:
@@ -68,10 +75,11 @@ def run_training(
     history.csv, test_predictions.csv and metrics.json into `out_dir`."""
     reduce_heap_fragmentation()
     out_dir.mkdir(parents=True, exist_ok=True)
-    sets = split_bags(splits_tsv, features_dir, classes)
+    sets, split_excluded = split_bags(splits_tsv, features_dir, classes)
     cohort = inspect_cohort([b for bags in sets.values() for b in bags])
     gone = {slide for slide, _ in cohort.excluded}
-    for slide, reason in cohort.excluded:
+    excluded = split_excluded + cohort.excluded
+    for slide, reason in excluded:
         log.warning("%s excluded from training and evaluation: %s", slide, reason)
     sets = {name: [b for b in bags if b.slide_id not in gone] for name, bags in sets.items()}
     if not sets["train"]:
@@ -118,7 +126,8 @@ def run_training(
         "encoder": cohort.encoder,
         "encoder_weights": cohort.weights,
         "slides": {name: len(bags) for name, bags in sets.items()},
-        "excluded": cohort.excluded,
+        "excluded": excluded,
+        "bad_tiles": cohort.damaged,
         "software": f"span-wsi {span.__version__}",
         **summary,
     }

@@ -1,14 +1,16 @@
 # Start-up checks and helpers shared by all rules: config and sample-sheet validation,
 # missing-input report, and the mapping from config sections to `span` CLI options.
 
+import hashlib
 import json
 import os
 import re
 import shlex
+import subprocess
 import sys
 
 from snakemake.exceptions import WorkflowError
-from snakemake_interface_executor_plugins.settings import DeploymentMethod
+from snakemake_interface_executor_plugins.settings import DeploymentMethod, ExecMode
 from snakemake.utils import validate
 
 # The span package is imported from this checkout, here and in every job's shell, with or
@@ -32,7 +34,11 @@ def _schema_error(exc):
     what = re.search(r"ValidationError: (.*)", text)
     where = re.search(r"On instance((?:\[[^]]*\])*)", text)
     key = ".".join(re.findall(r"\['?([^]']*)'?\]", where.group(1))) if where else ""
-    return f"{key or 'config'}: {what.group(1) if what else text}"
+    what = what.group(1) if what else text
+    allowed = re.search(r"'description': '([^']*)'", text)  # a pattern's readable form
+    if allowed and " does not match " in what:
+        what = f"{what.split(' does not match ')[0]} is not valid; use {allowed.group(1)}"
+    return f"{key or 'config'}: {what}"
 
 
 try:
@@ -42,6 +48,36 @@ except WorkflowError as exc:
         f"invalid config, {_schema_error(exc)}. Fix it in the config file "
         "(every option is described in config/README.md)."
     ) from None
+
+
+
+def _check_devices():
+    """A CUDA or MPS device asked in the config must exist on this machine when jobs run here
+    (not checked when a cluster executor sends them elsewhere, nor inside a job)."""
+    asked = {f"{s}.device": config[s]["device"] for s in ("features", "training")}
+    asked = {key: dev for key, dev in asked.items() if dev not in ("auto", "cpu")}
+    if not asked or not workflow.local_exec or workflow.exec_mode != ExecMode.DEFAULT:
+        return
+    probe = "import torch; print(torch.cuda.device_count(), int(torch.backends.mps.is_available()))"
+    found = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    try:
+        cuda, mps = map(int, found.stdout.split())
+    except ValueError:
+        return  # no torch in this interpreter (--use-conda): the job itself says it
+    for key, dev in asked.items():
+        missing = (dev == "mps" and not mps) or (
+            dev.startswith("cuda") and int(dev.partition(":")[2] or 0) >= cuda
+        )
+        if missing:
+            have = f"CUDA devices cuda:0..cuda:{cuda - 1}" if cuda else "no CUDA device"
+            raise WorkflowError(
+                f"invalid config, {key}: {dev} asked but this machine has {have}. Fix: set "
+                f"{key}: auto (CUDA when present) or cpu, or run the jobs on a GPU node "
+                "(--profile profiles/slurm)."
+            )
+
+
+_check_devices()
 
 COHORT = config["cohort"]
 RESULTS = f"results/{COHORT}"
@@ -87,6 +123,26 @@ LABELLED = sorted(sid for sid, s in SAMPLES.items() if s.label)
 SPLIT_KEY = "|".join(
     f"{s.slide_id}:{s.patient}:{s.label}:{s.split}" for s in SAMPLES.values() if s.label
 )
+# Everything the splits depend on but the features files: training re-runs when it changes.
+# (It also re-runs when a labelled slide's features change, excluded or not; so it reads
+# splits.tsv as ancient: adding an unlabelled slide re-writes the splits but retrains nothing.)
+SPLIT_PLAN = hashlib.sha1(
+    json.dumps(
+        [SPLIT_KEY, config["classes"], config["splits"], config["features"]["max_bad_tile_share"]]
+    ).encode()
+).hexdigest()
+
+# Keys of the features section for imported files (`span import-features` options without the
+# prefix), not for extraction.
+IMPORT_KEYS = ("import_patch_size_level0", "import_encoder", "import_layer")
+
+# Options that change speed, never results: the shell command gets them as the string resource
+# `span_runtime` (from RUNTIME), not from `params`, because Snakemake re-runs a job whose
+# params changed (and string resources are not passed on to cluster jobs, which recompute them).
+RUNTIME_KEYS = {
+    "features": ("device", "batch_size", "num_workers", "flush_every", "threads"),
+    "training": ("device", "threads"),
+}
 
 
 def _experiment(name, entries):
@@ -99,7 +155,7 @@ def _experiment(name, entries):
         if variant["model"] not in MODEL_NAMES:
             raise WorkflowError(f"{where}: unknown model {variant['model']!r}; choose one of "
                                 f"{', '.join(MODEL_NAMES)}")
-        allowed = set(config["training"]) - {"threads"}
+        allowed = set(config["training"]) - set(RUNTIME_KEYS["training"])
         unknown = sorted(set(variant["training"]) - allowed)
         if unknown:
             raise WorkflowError(f"{where}: training has no option {', '.join(unknown)}; a variant "
@@ -178,18 +234,20 @@ def teacher_inputs(w):
     }
 
 
-def train_hparams(w, input):
-    """The variant's hyperparameters, plus its teacher's checkpoint when it has one."""
+def train_hparams(w):
+    """The variant's hyperparameters, plus its teacher's checkpoint when it has one. A function
+    of the wildcards only: Snakemake leaves params derived from `input` out of its re-run
+    check, and a changed hyperparameter must retrain."""
     hparams = dict(EXPERIMENTS[w.experiment][w.variant]["hparams"])
-    if "teacher" in input.keys():
-        hparams["teacher_checkpoint"] = input.teacher
+    if teacher := teacher_inputs(w).get("teacher"):
+        hparams["teacher_checkpoint"] = teacher
     return shlex.quote(json.dumps(hparams, sort_keys=True))
 
 
 def train_options(w):
     """`span train` options: the training section, with the variant's own overrides."""
     variant = EXPERIMENTS[w.experiment][w.variant]
-    return cli_options({**config["training"], **variant["training"]}, skip=("threads",))
+    return cli_options({**config["training"], **variant["training"]}, skip=RUNTIME_KEYS["training"])
 
 
 def evaluation_runs(w):
@@ -226,6 +284,14 @@ def cli_options(section, skip=()):
         else:
             words += [f"--{name}", shlex.quote(str(value))]
     return " ".join(words)
+
+
+def runtime_options(section):
+    """The `--key value` options of a section's speed-only keys (threads go by `threads:`)."""
+    return cli_options({k: config[section][k] for k in RUNTIME_KEYS[section] if k != "threads"})
+
+
+RUNTIME = {"extract": runtime_options("features"), "train": runtime_options("training")}
 
 
 wildcard_constraints:

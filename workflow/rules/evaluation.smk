@@ -1,5 +1,6 @@
 # Evaluation (one job per experiment) and predictions with heatmaps (one job per experiment
-# x variant, all seeds).
+# x variant, all seeds); predictions skip the QC summary's excluded slides. Outputs are flagged
+# update(): a re-run that fails leaves the previous result in place (heatmap folders aside).
 
 
 rule evaluate:
@@ -10,14 +11,16 @@ rule evaluate:
             name=["metrics.json", "test_predictions.csv"],
         ),
     output:
-        report(f"{RESULTS}/{{experiment}}/report.md", caption="../report/report.rst",
-               category="{experiment}", subcategory="Tables", labels={"file": "report.md"}),
-        table=report(f"{RESULTS}/{{experiment}}/results.csv", caption="../report/results.rst",
-                     category="{experiment}", subcategory="Tables",
-                     labels={"file": "results.csv"}),
-        markdown=f"{RESULTS}/{{experiment}}/results.md",
-        roc=report(f"{RESULTS}/{{experiment}}/roc.png", caption="../report/roc.rst",
-                   category="{experiment}", subcategory="Figures", labels={"file": "roc.png"}),
+        update(report(f"{RESULTS}/{{experiment}}/report.md", caption="../report/report.rst",
+                      category="{experiment}", subcategory="Tables",
+                      labels={"file": "report.md"})),
+        table=update(report(f"{RESULTS}/{{experiment}}/results.csv",
+                            caption="../report/results.rst", category="{experiment}",
+                            subcategory="Tables", labels={"file": "results.csv"})),
+        markdown=update(f"{RESULTS}/{{experiment}}/results.md"),
+        roc=update(report(f"{RESULTS}/{{experiment}}/roc.png", caption="../report/roc.rst",
+                          category="{experiment}", subcategory="Figures",
+                          labels={"file": "roc.png"})),
     params:
         runs=evaluation_runs,
         classes=config["classes"],
@@ -44,8 +47,9 @@ rule sweep_plot:
     input:
         f"{RESULTS}/{{experiment}}/results.csv",
     output:
-        report(f"{RESULTS}/{{experiment}}/sweep.png", caption="../report/sweep.rst",
-               category="{experiment}", subcategory="Figures", labels={"file": "sweep.png"}),
+        update(report(f"{RESULTS}/{{experiment}}/sweep.png", caption="../report/sweep.rst",
+                      category="{experiment}", subcategory="Figures",
+                      labels={"file": "sweep.png"})),
     params:
         parameter=lambda w: SWEEPS[w.experiment],
         values=sweep_values,
@@ -73,8 +77,9 @@ rule predict:
             seed=SEEDS, name=["checkpoint.pt", "feature_stats.pt"],
         ),
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
+        qc=f"{RESULTS}/qc/summary.tsv",
     output:
-        predictions=f"{RESULTS}/{{experiment}}/{{variant}}/predictions.csv",
+        predictions=update(f"{RESULTS}/{{experiment}}/{{variant}}/predictions.csv"),
         heatmaps=report(
             directory(f"{RESULTS}/{{experiment}}/{{variant}}/heatmaps"),
             patterns=["{slide}.png"],
@@ -103,6 +108,7 @@ rule predict:
     resources:
         mem_mb=8000,
         runtime=120,
+        span_runtime=RUNTIME["train"],
     conda:
         TRAINING_ENV
     shell:
@@ -110,4 +116,4 @@ rule predict:
         " --samples {params.sheet:q} --classes {params.classes}"
         " --features-dir {params.features_dir} --model {params.model} --hparams {params.hparams}"
         " --runs {params.runs} --out {output.predictions} {params.heatmaps}"
-        " --heatmap-max-side {params.max_side}"
+        " --heatmap-max-side {params.max_side} --qc {input.qc} {resources.span_runtime}"

@@ -1,13 +1,18 @@
-# Splits (one job per cohort) and training (one job per experiment x variant x seed).
+# Splits (one job per cohort) and training (one job per experiment x variant x seed). Outputs
+# are flagged update(): a re-run that fails leaves the previous result in place.
 
 
 rule split:
+    input:
+        # Which labelled slides the QC rule excludes (unlabelled ones are never waited for).
+        features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
     output:
-        f"{RESULTS}/splits.tsv",
+        update(f"{RESULTS}/splits.tsv"),
     params:
-        # The split depends on the labelled rows' slide_id, patient, label and split only:
-        # editing paths or other config does not re-split (nor retrain).
+        # The split depends on the labelled rows' slide_id, patient, label and split and on
+        # the excluded slides only: editing paths or other config does not re-split.
         sheet=config["samples"],
+        max_bad_tile_share=config["features"]["max_bad_tile_share"],
         rows=SPLIT_KEY,
         classes=config["classes"],
         options=cli_options(config["splits"]),
@@ -22,21 +27,25 @@ rule split:
         "../../envs/training.yaml"
     shell:
         "python -m span --log {log} split --samples {params.sheet:q} --classes {params.classes}"
+        " --features {input.features} --max-bad-tile-share {params.max_bad_tile_share}"
         " {params.options} --out {output}"
 
 
 rule train:
     input:
         unpack(teacher_inputs),
-        splits=f"{RESULTS}/splits.tsv",
+        splits=ancient(f"{RESULTS}/splits.tsv"),
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
     output:
-        checkpoint=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/checkpoint.pt",
-        stats=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/feature_stats.pt",
-        history=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/history.csv",
-        metrics=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/metrics.json",
-        predictions=f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/test_predictions.csv",
+        checkpoint=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/checkpoint.pt"),
+        stats=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/feature_stats.pt"),
+        history=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/history.csv"),
+        metrics=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/metrics.json"),
+        predictions=update(
+            f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/test_predictions.csv"
+        ),
     params:
+        split_plan=SPLIT_PLAN,
         model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
         classes=config["classes"],
         options=train_options,
@@ -54,11 +63,13 @@ rule train:
     resources:
         mem_mb=16000,
         runtime=720,
+        span_runtime=RUNTIME["train"],
     conda:
         TRAINING_ENV
     shell:
         "python -m span --log {log} train --splits {input.splits}"
         " --features-dir {params.features_dir} --classes {params.classes}"
         " --model {params.model} --variant {wildcards.variant} --hparams {params.hparams}"
-        " --seed {wildcards.seed} --threads {threads} {params.options} {params.teacher_runtime}"
+        " --seed {wildcards.seed} --threads {threads} {params.options} {resources.span_runtime}"
+        " {params.teacher_runtime}"
         " --out {params.out}"
