@@ -1,6 +1,9 @@
 # span-wsi: raw whole-slide images -> tissue patches -> features -> SPAN and MIL baselines.
 # Run `snakemake --cores all` (settings from profiles/default); see README.md.
 
+import shutil
+from pathlib import Path
+
 from snakemake.io import IOFile
 from snakemake.utils import min_version
 
@@ -34,6 +37,12 @@ rule all:
             for name in RUN_EXPERIMENTS
             for variant in EXPERIMENTS[name]
         ],
+
+
+onstart:
+    # Backups of update() outputs left by a run that was killed mid-job: the job re-runs anyway
+    # (incomplete), and a stale backup of a folder would make Snakemake's next backup fail.
+    shutil.rmtree(Path(workflow.persistence.path, "backups"), ignore_errors=True)
 
 
 onsuccess:

@@ -178,6 +178,22 @@ def test_html_report_holds_tables_and_figures(tiny_run):
         assert embedded_file(html, results / name)[:4] == b"\x89PNG", name
 
 
+def test_a_rerun_replaces_the_heatmap_folder_whole(tiny_run):
+    """Heatmap folders are update() outputs too: a re-run leaves exactly this run's heatmaps,
+    and a backup left by a killed run does not stop it."""
+    tmp_path, config, _ = tiny_run
+    heatmaps = tmp_path / "results" / "tiny" / "tiny" / "span" / "heatmaps"
+    (heatmaps / "gone.png").write_bytes(b"\x89PNG from a slide no longer in the sheet")
+    stale = tmp_path / ".snakemake" / "backups" / heatmaps.relative_to(tmp_path)
+    stale.mkdir(parents=True)
+    edited = {**config, "predict": {**config["predict"], "heatmap_max_side": 250}}
+    res = snakemake(tmp_path, "--cores", "2", config=edited)
+    assert res.returncode == 0, res.stdout[-3000:]
+    expected = sorted([f"s{i}.png" for i in range(8)] + ["unlabelled.png"])
+    assert sorted(p.name for p in heatmaps.glob("*.png")) == expected
+    assert max(plt.imread(heatmaps / "s0.png").shape[:2]) == 250
+
+
 def test_a_failed_rerun_keeps_the_finished_results(tiny_run):
     """A re-run whose job fails puts the previous outputs back (update() flags) and the next
     run still redoes it; the end of the run lists the failed job with its one line."""

@@ -82,6 +82,7 @@ def run_prediction(
     if heatmap_dir is None:
         return
     paths = {s.slide_id: s.path for s in samples}
+    drawn = set()
     for bag in bags:
         if not paths[bag.slide_id]:
             continue
@@ -93,6 +94,10 @@ def run_prediction(
             max_side,
         )
         write_png(heatmap_dir / f"{bag.slide_id}.png", image)
+        drawn.add(f"{bag.slide_id}.png")
+    for old in heatmap_dir.glob("*.png"):  # an earlier run's, of a slide no longer predicted
+        if old.name not in drawn:
+            old.unlink()
 
 
 def patch_size_level0(features: Path) -> int:

@@ -1,6 +1,6 @@
 # Evaluation (one job per experiment) and predictions with heatmaps (one job per experiment
 # x variant, all seeds); predictions skip the QC summary's excluded slides. Outputs are flagged
-# update(): a re-run that fails leaves the previous result in place (heatmap folders aside).
+# update(): a re-run that fails leaves the previous result in place.
 
 
 rule evaluate:
@@ -80,13 +80,15 @@ rule predict:
         qc=f"{RESULTS}/qc/summary.tsv",
     output:
         predictions=update(f"{RESULTS}/{{experiment}}/{{variant}}/predictions.csv"),
-        heatmaps=report(
-            directory(f"{RESULTS}/{{experiment}}/{{variant}}/heatmaps"),
-            patterns=["{slide}.png"],
-            caption="../report/heatmap.rst",
-            category="{experiment}",
-            subcategory="Heatmaps: {variant}",
-            labels={"slide": "{slide}"},
+        heatmaps=update(
+            report(
+                directory(f"{RESULTS}/{{experiment}}/{{variant}}/heatmaps"),
+                patterns=["{slide}.png"],
+                caption="../report/heatmap.rst",
+                category="{experiment}",
+                subcategory="Heatmaps: {variant}",
+                labels={"slide": "{slide}"},
+            )
         ),
     params:
         sheet=config["samples"],
