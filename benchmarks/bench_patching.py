@@ -1,40 +1,330 @@
-"""Slide-stage speed and memory on a large synthetic slide (40x, 40960 x 40960, ~35% tissue).
+"""Patching as the user measures it: whole processes, span side by side with CLAM and LazySlide.
 
-Prints, in one run: seconds of `span patch` on that slide (segmentation + grid selection +
-QC image + writing), with a per-phase breakdown, the number of patches, peak memory above
-the process baseline, and how many level-0 pixels were read. Each repetition runs in a fresh
-subprocess so peaks do not hide each other.
+One run prints, per workload, each tool's wall seconds as a whole process (interpreter start,
+imports, work, writing; median and range over --repeats fresh processes after one untimed
+warm-up run each), its peak RSS (largest process of its tree, as `/usr/bin/time -v` reports
+it: `wait4`'s rusage) and its number of patches; then the ratios span/CLAM and span/LazySlide
+and, for the large slide, the goal of issue 13: >= 3x faster than CLAM, <= 1 GB.
 
-Goal (issue 2): at least 3x faster than CLAM's create_patches_fp (seg + patch + stitch),
-which took 2.8-4.3 s on a 40960^2 slide on this kind of machine (2 cores); under 1 GB;
-level 0 never read in full.
+Workloads: a 40960 x 40960 synthetic 40x slide (0.25 um/px, ~35% tissue; written once into
+--workdir) and the real CMU-1-Small-Region.svs (20x, 0.499 um/px). Every tool patches at
+the same physical size: span's default 224 px at 0.5 um/px, i.e. span's `patch_size_level0`
+(from its output's attributes: 448 px on the 40x slide, 224 on CMU-1) for CLAM, and
+224 px at mpp 0.5 for LazySlide.
 
-    python benchmarks/bench_patching.py [--side 40960] [--repeats 3] [--workdir /tmp/span-bench]
+- span: `python -m span patch` with its defaults (this interpreter: the project's venv).
+- CLAM: `create_patches_fp.py --seg --patch --stitch --patch_size P --step_size P` at commit
+  CLAM_COMMIT, run by this interpreter (the project's venv has everything CLAM's patching
+  imports). --clam-dir is a CLAM checkout or a git repository holding that commit (e.g. a
+  bare mirror); without it the script fetches the commit from GitHub. No CLAM: row skipped.
+- LazySlide: `find_tissues` + `tile_tissues` + `wsi.write()` (its results on disk, as span
+  and CLAM write theirs) in a driver script, run by --lazyslide-python. Without it the script
+  uses, or first creates, the venv LAZYSLIDE_VENV (`python -m venv` + `pip install
+  lazyslide==LAZYSLIDE_VERSION`: about 7 GB, PyTorch included, a few minutes once).
+
+After the table, one instrumented span run on the large slide shows where its time goes.
+
+    .venv/bin/python benchmarks/bench_patching.py [--repeats 3] [--workdir /tmp/span-bench]
+        [--clam-dir DIR] [--lazyslide-python PY] [--tools span clam lazyslide]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
-import resource
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tarfile
+import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
-CLAM_SECONDS = (2.8, 4.3)  # create_patches_fp seg + patch + stitch, 40960^2, this machine
+REPO = Path(__file__).resolve().parents[1]
+CMU1 = REPO.parent / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
+CLAM_URL = "https://github.com/mahmoodlab/CLAM.git"
+CLAM_COMMIT = "53e2409d4a8189c682c173382964a85f114f923c"  # master, 2025-04-14
+CLAM_PATHS = ("create_patches_fp.py", "wsi_core", "utils")  # all its patching imports
+LAZYSLIDE_VERSION = "0.13.0"
+LAZYSLIDE_VENV = Path("/tmp/lazyslide-venv")
+GOAL_SPEEDUP = 3.0
+GOAL_PEAK_MB = 1024.0
+
+LAZYSLIDE_DRIVER = """\
+import json, sys
+import lazyslide as zs
+from wsidata import open_wsi
+
+slide, store, result = sys.argv[1:4]
+wsi = open_wsi(slide, store=store)
+zs.pp.find_tissues(wsi)
+zs.pp.tile_tissues(wsi, 224, mpp=0.5)
+wsi.write()
+with open(result, "w") as f:
+    json.dump({"patches": len(wsi["tiles"])}, f)
+"""
 
 
-def _rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+class ToolFailed(RuntimeError):
+    """A tool's process exited with an error; the message ends with its log's tail."""
 
 
-def child(slide: Path, out_dir: Path) -> None:
-    """One timed patching run; prints a JSON line."""
+@dataclass(frozen=True)
+class Run:
+    """One whole-process run of a tool."""
+
+    seconds: float
+    peak_mb: float
+    patches: int
+
+
+@dataclass(frozen=True)
+class Tool:
+    """A peer's command line for (slide, output folder, level-0 patch side), and its patches."""
+
+    name: str
+    command: Callable[[Path, Path, int], list[str]]
+    count: Callable[[Path, Path], int]  # (slide, output folder) -> patches written
+    cwd: Path = REPO
+
+
+def timed_process(argv: list[str], cwd: Path, log: Path) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB, largest process of the tree) of one fresh process."""
+    with log.open("wb") as out:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = log.read_text(errors="replace").strip().splitlines()[-5:]
+        raise ToolFailed(f"exit code {proc.returncode}: " + " | ".join(tail))
+    return seconds, usage.ru_maxrss / 1024
+
+
+def run_tool(tool: Tool, slide: Path, ps0: int, out: Path) -> Run:
+    """Run `tool` once on `slide` into the empty folder `out` and count its patches."""
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    seconds, peak = timed_process(tool.command(slide, out, ps0), tool.cwd, out / "log.txt")
+    return Run(seconds, peak, tool.count(slide, out))
+
+
+def h5_rows(path: Path) -> int:
+    """Rows of `coords` in a patch HDF5 (span's or CLAM's)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return len(f["coords"])
+
+
+def span_tool() -> Tool:
+    """`python -m span patch` with its defaults."""
+
+    def command(slide: Path, out: Path, ps0: int) -> list[str]:
+        return [
+            *(sys.executable, "-m", "span", "patch", "--slide", str(slide)),
+            *("--slide-id", slide.stem, "--out", str(out / "span.h5")),
+            *("--qc", str(out / "span.png")),
+        ]
+
+    return Tool("span patch", command, lambda slide, out: h5_rows(out / "span.h5"))
+
+
+def span_patch_side(slide: Path, out: Path) -> int:
+    """span's level-0 patch side on `slide` (attribute `patch_size_level0` of its output)."""
+    import h5py
+
+    run_tool(span_tool(), slide, 0, out)
+    with h5py.File(out / "span.h5", "r") as f:
+        return int(f.attrs["patch_size_level0"])
+
+
+def clam_tool(clam_dir: Path) -> Tool:
+    """CLAM's create_patches_fp.py --seg --patch --stitch at span's level-0 patch side."""
+
+    def command(slide: Path, out: Path, ps0: int) -> list[str]:
+        source = out / "source"
+        source.mkdir()
+        (source / slide.name).symlink_to(slide.resolve())
+        return [
+            *(sys.executable, "create_patches_fp.py", "--source", str(source)),
+            *("--save_dir", str(out / "clam"), "--patch_size", str(ps0)),
+            *("--step_size", str(ps0), "--seg", "--patch", "--stitch"),
+        ]
+
+    def count(slide: Path, out: Path) -> int:
+        h5 = out / "clam" / "patches" / f"{slide.stem}.h5"
+        return h5_rows(h5) if h5.exists() else 0  # CLAM writes no file when it finds no tissue
+
+    return Tool("CLAM create_patches_fp", command, count, cwd=clam_dir)
+
+
+def lazyslide_tool(python: Path, driver: Path, version: str) -> Tool:
+    """LazySlide's find_tissues + tile_tissues (224 px at 0.5 mpp) + write, via `driver`."""
+
+    def command(slide: Path, out: Path, ps0: int) -> list[str]:
+        return [str(python), str(driver), str(slide), str(out / "lz.zarr"), str(out / "n.json")]
+
+    def count(slide: Path, out: Path) -> int:
+        return json.loads((out / "n.json").read_text())["patches"]
+
+    return Tool(f"LazySlide {version}", command, count)
+
+
+def extract_clam(git_dir: Path, dest: Path) -> Path:
+    """CLAM_PATHS at CLAM_COMMIT from the git repository `git_dir`, extracted into `dest`."""
+    tar = subprocess.run(
+        ["git", "-C", str(git_dir), "archive", "--format=tar", CLAM_COMMIT, *CLAM_PATHS],
+        check=True,
+        capture_output=True,
+    ).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        archive.extractall(dest, filter="data")
+    return dest
+
+
+def fetch_clam(tmp: Path) -> Path:
+    """A bare repository holding CLAM_COMMIT, fetched from GitHub (depth 1)."""
+    git_dir = tmp / "clam.git"
+    subprocess.run(["git", "init", "-q", "--bare", str(git_dir)], check=True)
+    subprocess.run(
+        ["git", "-C", str(git_dir), "fetch", "-q", "--depth", "1", CLAM_URL, CLAM_COMMIT],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
+    return git_dir
+
+
+def obtain_clam(clam_dir: Path | None, tmp: Path) -> Path | None:
+    """A folder with create_patches_fp.py at CLAM_COMMIT, or None after saying why not."""
+    if clam_dir and (clam_dir / "create_patches_fp.py").is_file():
+        return clam_dir
+    try:
+        return extract_clam(clam_dir or fetch_clam(tmp), tmp / "clam")
+    except (subprocess.SubprocessError, OSError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        print(
+            f"CLAM: cannot get {CLAM_URL} at {CLAM_COMMIT} ({exc}; "
+            f"{detail.decode(errors='replace').strip()[:200]}): row skipped; give --clam-dir "
+            "(a CLAM checkout at that commit or a git repository holding it)"
+        )
+        return None
+
+
+def obtain_lazyslide(python: Path | None) -> Path | None:
+    """LazySlide's interpreter: the one given, else LAZYSLIDE_VENV's (created if missing)."""
+    if python is not None:
+        return python
+    venv_python = LAZYSLIDE_VENV / "bin" / "python"
+    if venv_python.exists():
+        return venv_python
+    print(f"creating {LAZYSLIDE_VENV} with lazyslide=={LAZYSLIDE_VERSION} (once: ~7 GB, minutes)")
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(LAZYSLIDE_VENV)], check=True)
+        pip = [str(venv_python), "-m", "pip", "install", "-q", f"lazyslide=={LAZYSLIDE_VERSION}"]
+        subprocess.run(pip, check=True, timeout=1800)
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"LazySlide: cannot install it into {LAZYSLIDE_VENV} ({exc}): row skipped")
+        return None
+    return venv_python
+
+
+def measure(tools: list[Tool], slide: Path, ps0: int, repeats: int, out: Path) -> dict:
+    """Runs per tool: one untimed warm-up, then `repeats` rounds interleaving the tools."""
+    runs: dict[str, list[Run]] = {t.name: [] for t in tools}
+    failed: dict[str, str] = {}
+    for round_ in range(repeats + 1):
+        for tool in tools:
+            if tool.name in failed:
+                continue
+            try:
+                run = run_tool(tool, slide, ps0, out / tool.name.split()[0])
+            except (ToolFailed, OSError, KeyError) as exc:
+                failed[tool.name] = str(exc)
+                continue
+            if round_ > 0:
+                runs[tool.name].append(run)
+    return {"runs": runs, "failed": failed}
+
+
+def print_table(result: dict) -> None:
+    """One row per tool: wall seconds median [range], peak MB, patches."""
+    print(f"  {'tool':<24} {'wall s median [min-max]':>24} {'peak MB':>8} {'patches':>8}")
+    for name, runs in result["runs"].items():
+        if name in result["failed"]:
+            print(f"  {name:<24} failed: {result['failed'][name]}")
+            continue
+        s = [r.seconds for r in runs]
+        wall = f"{statistics.median(s):.2f} [{min(s):.2f}-{max(s):.2f}]"
+        patches = sorted({r.patches for r in runs})
+        print(
+            f"  {name:<24} {wall:>24} {max(r.peak_mb for r in runs):>8.0f} "
+            f"{'/'.join(map(str, patches)):>8}"
+        )
+
+
+def summary(runs: list[Run]) -> tuple[float, float]:
+    """Median wall seconds and largest peak MB of a tool's runs."""
+    return statistics.median(r.seconds for r in runs), max(r.peak_mb for r in runs)
+
+
+def print_ratios(result: dict, goal: bool) -> None:
+    """span/peer time and memory ratios; on the large slide, whether the goal is met."""
+    ok = {n: summary(r) for n, r in result["runs"].items() if n not in result["failed"]}
+    span = ok.get("span patch")
+    if span is None:
+        return
+    for name, (seconds, peak) in ok.items():
+        if name != "span patch":
+            print(
+                f"  span/{name.split()[0]}: time {span[0] / seconds:.2f} "
+                f"({seconds / span[0]:.2f}x faster), peak memory {span[1] / peak:.2f}"
+            )
+    clam = next((v for n, v in ok.items() if n.startswith("CLAM")), None)
+    if goal:
+        speedup = f"{clam[0] / span[0]:.2f}x" if clam else "n/a (no CLAM run)"
+        met = clam is not None and clam[0] / span[0] >= GOAL_SPEEDUP and span[1] <= GOAL_PEAK_MB
+        print(
+            f"  goal: >= {GOAL_SPEEDUP:g}x faster than CLAM on the large slide, <= 1 GB: "
+            f"{speedup}, {span[1]:.0f} MB -> {'MET' if met else 'NOT MET'}"
+        )
+
+
+def describe(slide: Path, ps0: int) -> str:
+    """Size, resolution and patch side of a slide, one line."""
+    import openslide
+
+    with openslide.OpenSlide(str(slide)) as s:
+        (w, h), mpp = s.dimensions, float(s.properties.get(openslide.PROPERTY_NAME_MPP_X, "nan"))
+    return (
+        f"{slide.name}: {w} x {h} px at {mpp:.3f} um/px, {slide.stat().st_size / 1e6:.0f} MB; "
+        f"patch side {ps0} level-0 px (224 px at 0.5 um/px)"
+    )
+
+
+def large_slide(workdir: Path, side: int) -> Path:
+    """The synthetic 40x benchmark slide, written on first use."""
+    from span.slides.synthetic import write_large_synthetic_slide
+
+    slide = workdir / f"synthetic_40x_{side}.tiff"
+    if not slide.exists():
+        t0 = time.perf_counter()
+        info = write_large_synthetic_slide(slide, side_px=side, mpp=0.25, seed=0)
+        print(f"wrote {slide} in {time.perf_counter() - t0:.1f} s: {info}")
+    return slide
+
+
+def span_phases(slide: Path, out: Path) -> None:
+    """In-process run of span's patching, instrumented; prints a JSON line (child mode)."""
     import openslide
 
     from span.slides import patching
@@ -42,7 +332,7 @@ def child(slide: Path, out_dir: Path) -> None:
 
     phases: dict[str, float] = {}
 
-    def timed(name, fn):
+    def timed(name: str, fn: Callable) -> Callable:
         def wrapper(*args, **kwargs):
             t0 = time.perf_counter()
             try:
@@ -52,103 +342,107 @@ def child(slide: Path, out_dir: Path) -> None:
 
         return wrapper
 
-    pixels_by_level: dict[int, int] = {}
+    level0_read = [0]
     original_read = openslide.OpenSlide.read_region
 
     def counting_read(self, location, level, size):
-        pixels_by_level[level] = pixels_by_level.get(level, 0) + size[0] * size[1]
+        level0_read[0] += size[0] * size[1] if level == 0 else 0
         return original_read(self, location, level, size)
 
     openslide.OpenSlide.read_region = counting_read
-    patching.read_downsampled = timed("read low-res image", patching.read_downsampled)
-    patching.segment_tissue = timed("segmentation", patching.segment_tissue)
-    patching.cell_tissue_fraction = timed("grid selection", patching.cell_tissue_fraction)
-    patching.select_cells = timed("grid selection", patching.select_cells)
-    patching.render_qc = timed("QC image", patching.render_qc)
-    patching.write_png = timed("write QC PNG", patching.write_png)
-    patching.write_patch_file = timed("write patch h5", patching.write_patch_file)
-
-    baseline = _rss_mb()
+    for name, attr in [
+        ("read low-res image", "read_downsampled"),
+        ("segmentation", "segment_tissue"),
+        ("grid selection", "cell_tissue_fraction"),
+        ("grid selection", "select_cells"),
+        ("QC image", "render_qc"),
+        ("write QC PNG", "write_png"),
+        ("write patch h5", "write_patch_file"),
+    ]:
+        setattr(patching, attr, timed(name, getattr(patching, attr)))
     t0 = time.perf_counter()
-    patches = run_patching(
-        slide, "large", out_dir / "large.h5", out_dir / "large.png", PatchingParams()
-    )
-    seconds = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    run_patching(slide, "large", out / "large.h5", out / "large.png", PatchingParams())
+    total = time.perf_counter() - t0
     with openslide.OpenSlide(str(slide)) as s:
         level0 = s.dimensions[0] * s.dimensions[1]
-    print(
-        json.dumps(
-            {
-                "seconds": seconds,
-                "phases": phases,
-                "patches": len(patches),
-                "baseline_mb": baseline,
-                "peak_mb": peak,
-                "level0_fraction_read": pixels_by_level.get(0, 0) / level0,
-                "pixels_by_level": pixels_by_level,
-            }
-        )
-    )
+    print(json.dumps({"total": total, "phases": phases, "level0_read": level0_read[0] / level0}))
+
+
+def print_phases(slide: Path, out: Path) -> None:
+    """Where span's time goes on `slide`: one instrumented child process, timed whole."""
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, __file__, "--child", str(slide), "--workdir", str(out)]
+    seconds, _ = timed_process(argv, REPO, out / "log.txt")
+    child = json.loads((out / "log.txt").read_text().strip().splitlines()[-1])
+    print(f"  where span's time goes on {slide.name} (one instrumented run, {seconds:.2f} s):")
+    print(f"    {'start, imports, exit':<22} {seconds - child['total']:.3f} s")
+    for name, phase_seconds in child["phases"].items():
+        print(f"    {name:<22} {phase_seconds:.3f} s")
+    print(f"    level-0 pixels read: {100 * child['level0_read']:.2f}% of level 0")
+
+
+def build_tools(args: argparse.Namespace, tmp: Path) -> list[Tool]:
+    """The tools asked for that can run here (span always first)."""
+    tools = [span_tool()] if "span" in args.tools else []
+    if "clam" in args.tools and (clam := obtain_clam(args.clam_dir, tmp)):
+        tools.append(clam_tool(clam))
+    if "lazyslide" in args.tools and (python := obtain_lazyslide(args.lazyslide_python)):
+        version = lazyslide_version(python)
+        if version:
+            driver = tmp / "lazyslide_driver.py"
+            driver.write_text(LAZYSLIDE_DRIVER)
+            tools.append(lazyslide_tool(python, driver, version))
+    return tools
+
+
+def lazyslide_version(python: Path) -> str | None:
+    """The lazyslide version installed for `python`, or None after saying it is missing."""
+    argv = [str(python), "-c", "import importlib.metadata as m; print(m.version('lazyslide'))"]
+    try:
+        return subprocess.run(argv, check=True, capture_output=True, text=True).stdout.strip()
+    except (subprocess.SubprocessError, OSError) as exc:
+        print(f"LazySlide: no lazyslide for {python} ({exc}): row skipped")
+        return None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--side", type=int, default=40960)
+    parser.add_argument("--side", type=int, default=40960, help="synthetic slide side, px")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/span-bench"))
+    parser.add_argument("--cmu", type=Path, default=CMU1, help="CMU-1-Small-Region.svs")
+    parser.add_argument("--clam-dir", type=Path, help="CLAM checkout or git repository")
+    parser.add_argument("--lazyslide-python", type=Path, help="python with lazyslide")
+    parser.add_argument(
+        "--tools",
+        nargs="+",
+        choices=["span", "clam", "lazyslide"],
+        default=["span", "clam", "lazyslide"],
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.workdir)
+        span_phases(args.child, args.workdir)
         return
-
-    from span.slides.synthetic import write_large_synthetic_slide
-
     args.workdir.mkdir(parents=True, exist_ok=True)
-    slide = args.workdir / f"synthetic_40x_{args.side}.tiff"
-    if not slide.exists():
-        t0 = time.perf_counter()
-        info = write_large_synthetic_slide(slide, side_px=args.side, mpp=0.25, seed=0)
-        print(f"wrote {slide} in {time.perf_counter() - t0:.1f} s: {info}")
-    runs = []
-    for _ in range(args.repeats):
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", str(slide), "--workdir", str(args.workdir)],
-            check=True,
-            capture_output=True,
-            text=True,
-        )
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    seconds = [r["seconds"] for r in runs]
-    median = statistics.median(seconds)
-    print(
-        f"slide: {args.side} x {args.side} px at 0.25 um/px (40x), "
-        f"{slide.stat().st_size / 1e6:.0f} MB"
-    )
-    print(f"patches: {runs[0]['patches']} (224 px at 0.5 um/px = 448 px at level 0)")
-    print(
-        f"seconds (segmentation + grid + QC + writing), {args.repeats} runs: "
-        + ", ".join(f"{s:.2f}" for s in seconds)
-        + f"; median {median:.2f}"
-    )
-    for name in runs[0]["phases"]:
-        values = [r["phases"][name] for r in runs]
-        print(f"  {name:<20} {statistics.median(values):.3f} s")
-    peak_above = max(r["peak_mb"] - r["baseline_mb"] for r in runs)
-    print(
-        f"peak memory: {max(r['peak_mb'] for r in runs):.0f} MB RSS "
-        f"({peak_above:.0f} MB above the {runs[0]['baseline_mb']:.0f} MB after imports)"
-    )
-    print(
-        f"level-0 pixels read: {100 * runs[0]['level0_fraction_read']:.2f}% of level 0; "
-        f"pixels read per level: {runs[0]['pixels_by_level']}"
-    )
-    lo, hi = CLAM_SECONDS
-    print(
-        f"CLAM create_patches_fp reference: {lo}-{hi} s -> speed-up {lo / median:.1f}x-"
-        f"{hi / median:.1f}x (goal >= 3x)"
-    )
+    tmp = Path(tempfile.mkdtemp(prefix="bench-", dir=args.workdir))
+    try:
+        tools = build_tools(args, tmp)
+        workloads = [large_slide(args.workdir, args.side)]
+        workloads += [args.cmu] if args.cmu.is_file() else []
+        if not args.cmu.is_file():
+            print(f"{args.cmu} not found: CMU-1 workload skipped")
+        print(f"{args.repeats} runs per tool after one warm-up; interpreter {sys.executable}")
+        for i, slide in enumerate(workloads):
+            ps0 = span_patch_side(slide, tmp / "side")
+            print(f"\n{describe(slide, ps0)}")
+            result = measure(tools, slide, ps0, args.repeats, tmp / "runs")
+            print_table(result)
+            print_ratios(result, goal=i == 0)
+        print()
+        print_phases(workloads[0], tmp / "phases")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -133,3 +133,29 @@ def test_rgba_composites_on_white():
     opaque = rgba.copy()
     opaque[..., 3] = 255
     np.testing.assert_array_equal(rgba_to_rgb(opaque), opaque[..., :3])
+
+
+def test_rgba_fully_transparent_pixels_become_white():
+    from span.slides.reader import rgba_to_rgb
+
+    rgba = np.array([[[10, 20, 30, 255], [40, 50, 60, 0]]], np.uint8)
+    np.testing.assert_array_equal(rgba_to_rgb(rgba), [[[10, 20, 30], [255, 255, 255]]])
+
+
+def test_subpixel_read_matches_openslide_resampling(tmp_path):
+    """A region starting between two pixels of a coarser level: read aligned and shifted by
+    OpenCV, within a grey level or two of openslide's own (slower) resampling."""
+    import openslide
+
+    from span.slides.reader import read_rgb, read_subpixel
+    from span.slides.synthetic import render_tissue
+    from span.slides.tiff_writer import write_pyramidal_tiff
+
+    image, *_ = render_tissue(1200, 1000, 0.5, tumour=True, seed=5)
+    slide_path = write_pyramidal_tiff(tmp_path / "s.tiff", image, 0.5, downsamples=(1, 4))
+    with openslide.OpenSlide(str(slide_path)) as slide:
+        for location in [(0, 0), (6, 10), (401, 203.5)]:
+            ours = read_subpixel(slide, slide_path, location, 1, (90, 70)).astype(int)
+            theirs = read_rgb(slide, slide_path, location, 1, (90, 70)).astype(int)
+            assert ours.shape == theirs.shape == (70, 90, 3)
+            assert np.abs(ours - theirs).max() <= 2, location

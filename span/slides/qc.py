@@ -14,6 +14,9 @@ from span.atomic import atomic_output
 CELL_RGB = (0, 170, 60)
 TISSUE_RGB = (20, 60, 230)
 PEN_RGB = (230, 0, 160)
+#: Kept cells are shaded 85% thumbnail + 15% CELL_RGB; a per-channel lookup table (1, 256, 3)
+#: does it in one pass, with the same truncated values as the float expression.
+_SHADE_LUT = (0.85 * np.arange(256)[:, None] + 0.15 * np.array(CELL_RGB)).astype(np.uint8)[None]
 
 
 def _cell_edges(n_px: int, n_cells: int) -> tuple[np.ndarray, np.ndarray]:
@@ -45,9 +48,9 @@ def render_qc(
         kept[grid[:, 1], grid[:, 0]] = True
     col, col_edge = _cell_edges(w, n_cols)
     row, row_edge = _cell_edges(h, n_rows)
-    kept_px = kept[row[:, None], col[None, :]]
+    kept_px = kept[row][:, col]
     border = kept_px & (row_edge[:, None] | col_edge[None, :])
-    out[kept_px] = (0.85 * out[kept_px] + 0.15 * np.array(CELL_RGB)).astype(np.uint8)
+    np.copyto(out, cv2.LUT(out, _SHADE_LUT), where=kept_px[..., None])
     out[border] = CELL_RGB
     for mask, colour in ((tissue, TISSUE_RGB), (pen, PEN_RGB)):
         if not mask.any():

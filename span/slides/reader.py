@@ -104,12 +104,22 @@ def slide_resolution(
 
 
 def rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
-    """Composite an RGBA region on white: transparent areas (outside the scan) become background."""
-    if rgba[..., 3].min() == 255:  # the usual, fully scanned region: no arithmetic needed
-        return np.ascontiguousarray(rgba[..., :3])
-    rgb = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+    """Composite an RGBA region on white: transparent areas (outside the scan) become background.
+
+    Only partly transparent pixels need arithmetic: opaque ones keep their colour and fully
+    transparent ones (a region reaching past the slide's edge) become exactly white.
+    """
+    rgba = np.ascontiguousarray(rgba)
+    alpha = cv2.extractChannel(rgba, 3)
+    rgb = cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB)
+    if alpha.min() == 255:
+        return rgb
+    if cv2.countNonZero(cv2.inRange(alpha, 1, 254)) == 0:
+        rgb[alpha == 0] = 255
+        return rgb
+    rgb16 = rgb.astype(np.uint16)
+    alpha16 = alpha[..., None].astype(np.uint16)
+    return ((rgb16 * alpha16 + 255 * (255 - alpha16) + 127) // 255).astype(np.uint8)
 
 
 def read_rgb(
@@ -125,6 +135,27 @@ def read_rgb(
             "the file is damaged: re-export it, or drop its row from the sample sheet",
         ) from exc
     return rgba_to_rgb(np.asarray(region))
+
+
+def read_subpixel(
+    slide: openslide.OpenSlide, path: str | Path, location, level: int, size
+) -> np.ndarray:
+    """read_rgb of a region whose level-0 `location` may fall between two pixels of `level`.
+
+    openslide resamples such a region with cairo, about 4x slower than an aligned read. On a
+    level with an integer downsample this reads aligned, one pixel larger, and shifts by the
+    fraction with OpenCV's bilinear filter (values within one grey level of openslide's).
+    """
+    level_ds = slide.level_downsamples[level]
+    lx, ly = (int(v) / level_ds for v in location)
+    fx, fy = lx - math.floor(lx), ly - math.floor(ly)
+    if not float(level_ds).is_integer() or fx == fy == 0:
+        return read_rgb(slide, path, location, level, size)
+    w, h = size
+    aligned = (math.floor(lx) * level_ds, math.floor(ly) * level_ds)
+    rgb = read_rgb(slide, path, aligned, level, (w + 1, h + 1))
+    shift = np.float32([[1, 0, fx], [0, 1, fy]])  # output (x, y) samples aligned (x + fx, y + fy)
+    return cv2.warpAffine(rgb, shift, (w, h), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP)
 
 
 def read_downsampled(
@@ -146,7 +177,7 @@ def read_downsampled(
         for bx in range(0, out_w, block):
             bw = min(block, out_w - bx)
             size = (max(1, round(bw * scale)), max(1, round(bh * scale)))
-            rgb = read_rgb(slide, path, (bx * downsample, by * downsample), level, size)
+            rgb = read_subpixel(slide, path, (bx * downsample, by * downsample), level, size)
             out[by : by + bh, bx : bx + bw] = cv2.resize(
                 rgb, (bw, bh), interpolation=cv2.INTER_AREA
             )

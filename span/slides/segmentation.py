@@ -81,11 +81,10 @@ def pen_mask(hsv: np.ndarray) -> np.ndarray:
     H&E never looks green, its hematoxylin purple sits above the blue-ink hue band (OpenCV
     hue 95-125 of 180), and its darkest nuclei clusters are far more saturated than black ink.
     """
-    h, s, v = hsv[..., 0], hsv[..., 1], hsv[..., 2]
-    blue = (h >= 95) & (h < 125) & (s > 90) & (v < 235)
-    green = (h >= 35) & (h < 95) & (s > 40) & (v < 235)
-    black = (v < 60) & (s < 110)
-    ink = (blue | green | black).astype(np.uint8)
+    blue = cv2.inRange(hsv, (95, 91, 0), (124, 255, 234))  # h 95-124, s > 90, v < 235
+    green = cv2.inRange(hsv, (35, 41, 0), (94, 255, 234))  # h 35-94, s > 40, v < 235
+    black = cv2.inRange(hsv, (0, 0, 0), (255, 109, 59))  # s < 110, v < 60
+    ink = (blue | green | black) & 1
     ink = cv2.morphologyEx(ink, cv2.MORPH_OPEN, np.ones((2, 2), np.uint8))  # drop lone pixels
     return cv2.dilate(ink, np.ones((5, 5), np.uint8)).astype(bool)  # ink edges blend with glass
 
@@ -93,9 +92,8 @@ def pen_mask(hsv: np.ndarray) -> np.ndarray:
 def _fill_small_holes(tissue: np.ndarray, max_hole_px: float) -> np.ndarray:
     """Fill background regions enclosed by tissue that are smaller than `max_hole_px`."""
     _, labels, stats, _ = cv2.connectedComponentsWithStats((~tissue).astype(np.uint8), 4)
-    border = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     fill = stats[:, cv2.CC_STAT_AREA] < max_hole_px
-    fill[border] = False
+    fill[np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]])] = False  # not holes
     fill[0] = False  # label 0 is tissue itself
     return tissue | fill[labels]
 
@@ -111,7 +109,7 @@ def _drop_small_regions(tissue: np.ndarray, min_px: float) -> np.ndarray:
 def segment_tissue(rgb: np.ndarray, mpp: float, params: SegmentationParams) -> TissueMask:
     """Tissue mask of an RGB image whose pixels are `mpp` micrometres wide."""
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
-    sat = cv2.medianBlur(np.ascontiguousarray(hsv[..., 1]), params.median_blur)
+    sat = cv2.medianBlur(cv2.extractChannel(hsv, 1), params.median_blur)
     if params.saturation_threshold == "otsu":
         otsu, _ = cv2.threshold(sat, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         threshold = float(np.clip(otsu, *OTSU_RANGE))
