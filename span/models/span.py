@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from span.models.base import MILModel, ModelOutput
-from span.models.layers import AttentionPool, FeedForward, recompute_in_backward, rowwise
+from span.models.layers import AttentionPool, FeedForward, centered_linear, feed_forward_residual
 from span.models.sparse import check_grid, downsampling, window_layout
 from span.models.sparse_conv import SparseDownsample
 from span.models.window_attention import SparseWindowAttention
@@ -30,8 +30,9 @@ from span.models.window_attention import SparseWindowAttention
 class SpanLayer(nn.Module):
     """Pre-norm transformer layer; local and global tokens share its weights.
 
-    In training the feed-forward half is recomputed in the backward pass instead of keeping
-    its activations (same results; the layer's memory roughly halves).
+    In training the feed-forward half keeps only its input: the backward pass recomputes its
+    normalisation and hidden layer chunk by chunk (same results; the layer's memory roughly
+    halves).
     """
 
     def __init__(
@@ -57,7 +58,7 @@ class SpanLayer(nn.Module):
 
     def forward(self, x, tokens, grid, layout):
         ax, at = self.attn(x, tokens, grid, layout)
-        x = rowwise(self._ffn_residual, x + ax, [*self.norm.parameters(), *self.ffn.parameters()])
+        x = feed_forward_residual(self.norm, self.ffn, x + ax)
         if tokens is not None:
             tokens = self._ffn_residual(tokens + at)
         return x, tokens
@@ -172,16 +173,17 @@ class SPAN(MILModel):
         seed = self.global_seed
         if self.center:
             mean = features.mean(dim=0, keepdim=True)
-            features = features - mean
+            x = centered_linear(self.embed, features, mean)
             seed = None if seed is None else seed + mean
-        x = self.embed(features)
+        else:
+            x = self.embed(features)
         tokens = self.global_embed(seed) if seed is not None else None
         stage_tokens = []
         ancestor = torch.arange(len(features), device=features.device)
         for i, (layer, (g, down)) in enumerate(zip(self.layers, plan, strict=True)):
             if i > 0:
                 if down is not None:
-                    x = recompute_in_backward(self.convs[i - 1], x, down)
+                    x = self.convs[i - 1](x, down)
                     ancestor = down.parent[ancestor]
                 if tokens is not None:
                     tokens = self.token_norms[i - 1](tokens)
@@ -200,6 +202,7 @@ class SPAN(MILModel):
         """How much the global tokens look at each last-stage token (mean over heads/tokens)."""
         attn = self.layers[-1].attn
         with torch.no_grad():
-            k, gq = attn.project(x)[1], attn.project(tokens)[0]
+            k = attn.split_heads(attn.project(x))[1]
+            gq = attn.split_heads(attn.project(tokens))[0]
             logits = gq @ k.transpose(-1, -2)  # (H, G, N); queries come pre-scaled
             return logits.softmax(dim=-1).mean(dim=(0, 1))

@@ -17,6 +17,7 @@ import math
 import torch
 from torch import nn
 
+from span.models.layers import ROW_BYTES
 from span.models.sparse import Downsampling
 
 
@@ -42,16 +43,67 @@ class SparseDownsample(nn.Module):
 
     def forward(self, x: torch.Tensor, down: Downsampling) -> torch.Tensor:
         """(N, D) features of the child cells -> (P, D) features of the parent cells."""
-        x = self.norm(x)
-        out = x.new_zeros((len(down.parent_grid), x.shape[1]))
-        if self.depthwise:
-            # Per-row kernel weights as a one-hot matmul: its weight gradient is a GEMM, not an
-            # index_put that accumulates 100k rows into 4 (slow on CPU).
-            positions = nn.functional.one_hot(down.child, 4).to(x.dtype)
-            out = out.index_add(0, down.parent, x * (positions @ self.weight))
-        else:  # one matmul per kernel position, never a weight copy per cell
-            for position in range(4):
-                rows = torch.nonzero(down.child == position).squeeze(1)
-                out = out.index_add(0, down.parent[rows], x[rows] @ self.weight[position])
+        params = tuple(
+            p for p in (self.norm.weight, self.norm.bias, self.weight) if p.requires_grad
+        )
+        if torch.is_grad_enabled() and (x.requires_grad or params):
+            out = _ChildSum.apply(x, down, self, *params)
+        else:
+            out = self.child_sum(x, down)
         out = out / down.children[:, None].to(x.dtype)
         return out if self.bias is None else out + self.bias
+
+    def contribution(self, x: torch.Tensor, child: torch.Tensor) -> torch.Tensor:
+        """(rows, D) children -> what each adds to its parent: its normalised features times
+        the kernel at its position."""
+        x = self.norm(x)
+        if self.depthwise:
+            # Per-row kernel weights as a one-hot matmul: its weight gradient is a GEMM, not an
+            # index_put that accumulates the rows into 4 (slow on CPU).
+            return x * (nn.functional.one_hot(child, 4).to(x.dtype) @ self.weight)
+        out = torch.empty_like(x)  # one matmul per kernel position, never a weight per cell
+        for position in range(4):
+            rows = torch.nonzero(child == position).squeeze(1)
+            out[rows] = x[rows] @ self.weight[position]
+        return out
+
+    def child_sum(self, x: torch.Tensor, down: Downsampling) -> torch.Tensor:
+        """(P, D): each parent's sum of its children's contributions, in chunks of rows."""
+        out = x.new_zeros((len(down.parent_grid), x.shape[1]))
+        for rows in _row_chunks(x):
+            out.index_add_(0, down.parent[rows], self.contribution(x[rows], down.child[rows]))
+        return out
+
+
+def _row_chunks(x: torch.Tensor) -> list[slice]:
+    """ROW_BYTES of x per chunk: every temporary stays small and is reused from the heap."""
+    rows = max(64, ROW_BYTES // (x.shape[1] * x.element_size()))
+    return [slice(start, start + rows) for start in range(0, len(x), rows)]
+
+
+class _ChildSum(torch.autograd.Function):
+    """`SparseDownsample.child_sum` keeping only x for the backward pass, which recomputes
+    each chunk's contributions (no (N, D) temporary ever exists whole)."""
+
+    @staticmethod
+    def forward(ctx, x, down, conv, *params):
+        ctx.down, ctx.conv = down, conv
+        ctx.save_for_backward(x, *params)
+        return conv.child_sum(x, down)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, *params = ctx.saved_tensors
+        down = ctx.down
+        dx = torch.empty_like(x) if ctx.needs_input_grad[0] else None
+        d_params = [torch.zeros_like(p) for p in params]
+        for rows in _row_chunks(x):
+            with torch.enable_grad():
+                part = x[rows].detach().requires_grad_()
+                y = ctx.conv.contribution(part, down.child[rows])
+            grads = torch.autograd.grad(y, (part, *params), grad[down.parent[rows]])
+            if dx is not None:
+                dx[rows] = grads[0]
+            for total, g in zip(d_params, grads[1:], strict=True):
+                total.add_(g)
+        return dx, None, None, *d_params

@@ -4,230 +4,421 @@ Each token attends, in ONE softmax, to the union of its regular and its shifted 
 (deduplicated, itself included) and to the global tokens; each global token attends to all
 tokens and to the global tokens.
 
-The local part is a fused, memory-efficient kernel written in plain PyTorch: windows are
-processed in chunks, keys and values are gathered once per window partition through the
-index maps of `span.models.sparse`, and only q, k, v, the output and one log-sum-exp per
-token and head are kept for the backward pass, which recomputes the window logits chunk by
-chunk (as flash attention does). Memory therefore grows with N x D, not with N x window^2.
+Both directions run in one fused, memory-efficient kernel written in plain PyTorch. Queries,
+keys and values stay token-major, (N, 3 D) as the projection writes them, and so do the
+output and the gradient. Windows are processed in chunks whose index maps and masks are built
+once per forward pass (the backward pass reuses them): a chunk's blocks are gathered
+head-major into buffers that every chunk reuses, and its logits start from an additive term
+(position bias, -inf on empty or already counted keys) that one batched GEMM accumulates into.
+Only q, k, v, the output and one log-sum-exp per token and head are kept for the backward
+pass, which recomputes the window logits chunk by chunk (as flash attention does). Memory
+therefore grows with N x D, not with N x window^2. The products of the global tokens with all
+N tokens are single GEMMs against block-diagonal (one block per head) matrices.
 """
 
 from __future__ import annotations
+
+import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from span.models.layers import DropoutLinear, drop_mask, dropout_rescale
-from span.models.position import position_encoding
+from span.models.position import PositionEncoding, position_encoding
 from span.models.sparse import WindowLayout, Windows
 
-#: Elements of one chunk's (windows, heads, side^2, side^2) logits: bounds the working memory.
-#: 2 MB of float32 (and blocks of q, k or v smaller still) stay below the 4 MB mmap threshold
-#: of `span.memory`, so chunk buffers are reused from the heap instead of being mapped (and
-#: page-faulted) afresh for every chunk, which on CPU costs more than the arithmetic.
+#: Elements of one chunk's (heads, windows, side^2, side^2) logits: bounds the working memory.
 CHUNK_ELEMENTS = 1 << 19
 
 
+class _Chunk:
+    """Consecutive windows of a partition: where their slots read and write, and the additive
+    mask of their logits. Empty slots read token N - 1 (their gradients are zero) and all
+    write row N, a scratch row of the forward pass's outputs (index_put_, not index_copy_,
+    which has no deterministic CUDA kernel for repeated indices)."""
+
+    def __init__(self, number: int, index_map: torch.Tensor, n: int, key_mask: torch.Tensor):
+        self.number, self.windows, self.key_mask = number, len(index_map), key_mask
+        self.slot = index_map.reshape(-1)  # (c side^2,) token per slot, N when empty
+        self.gather = self.slot.clamp(max=n - 1)
+
+
 class _Partition:
-    """One window partition, processed in chunks of windows."""
+    """One window partition, cut into chunks once per forward pass."""
 
-    def __init__(self, windows: Windows, duplicate: torch.Tensor | None, heads: int, part: int):
-        self.index_map, self.part = windows.index_map, part
-        s2 = self.index_map.shape[1]
-        self.per_chunk = max(1, CHUNK_ELEMENTS // (heads * s2 * s2))
-        self.n = len(windows.window)
-        self.duplicate = duplicate  # (N, side^2) keys already seen (shifted partition only)
-
-    def chunks(self):
-        """(number, token indices (c, side^2) clamped into range, key mask (c, s^2, s^2),
-        valid query slots (c, side^2)): empty slots point at token N - 1 and are masked."""
-        for number, start in enumerate(range(0, len(self.index_map), self.per_chunk)):
-            idx = self.index_map[start : start + self.per_chunk]
-            valid = idx < self.n
-            safe = idx.clamp(max=self.n - 1)
-            mask = ~valid[:, None, :]
-            if self.duplicate is not None:
-                mask = mask | self.duplicate[safe]
-            yield number, safe, mask, valid
-
-
-def _drop_mask(shape, p: float, seed: int, part: int, number: int, device):
-    """The dropout mask of one chunk (dropped = True), regenerated identically in the
-    backward pass from (seed, partition, chunk); None without dropout."""
-    if p == 0.0:
-        return None
-    gen = torch.Generator(device=device)
-    gen.manual_seed((seed + 7919 * part + 104729 * number) % (2**63))
-    return drop_mask(shape, p, gen, device)[0]
+    def __init__(
+        self,
+        windows: Windows,
+        duplicate: torch.Tensor | None,
+        heads: int,
+        part: int,
+        dtype: torch.dtype,
+    ) -> None:
+        self.part = part
+        index_map, n = windows.index_map, len(windows.window)
+        side2 = index_map.shape[1]
+        masked = (index_map == n)[:, None, :]  # empty key slots
+        if duplicate is not None:  # shifted windows: keys already seen in the regular window
+            masked = masked | duplicate[index_map.clamp(max=n - 1)]
+        key_mask = torch.zeros(masked.shape, dtype=dtype, device=index_map.device)
+        key_mask.masked_fill_(masked, float("-inf"))
+        per_chunk = max(1, CHUNK_ELEMENTS // (heads * side2 * side2))
+        cuts = [slice(start, start + per_chunk) for start in range(0, len(index_map), per_chunk)]
+        self.chunks = [
+            _Chunk(number, index_map[cut], n, key_mask[cut]) for number, cut in enumerate(cuts)
+        ]
 
 
-def _gather(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """(H, N, ...) head-major tensor, (c, side^2) indices -> (H, c, side^2, ...)."""
-    return t.index_select(1, idx.reshape(-1)).view(t.shape[0], *idx.shape, *t.shape[2:])
+class _Workspace:
+    """Buffers that every chunk of one pass reuses: on CPU a fresh allocation of a few MB is
+    mapped and page-faulted anew, which costs more than the work done in it."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.like, self.buffers = like, {}
+
+    def __call__(self, name: str, *shape: int) -> torch.Tensor:
+        """An uninitialised view of buffer `name` with `shape` (grown on demand)."""
+        size = math.prod(shape)
+        buffer = self.buffers.get(name)
+        if buffer is None or len(buffer) < size:
+            buffer = self.buffers[name] = self.like.new_empty(size)
+        return buffer[:size].view(shape)
 
 
-class _Blocks:
-    """Window blocks of the head-major (3, H, N, dh) qkv; q and k rotated when RoPE is on."""
+@dataclass
+class _Setup:
+    """What a forward pass shares with its backward pass besides tensors."""
 
-    def __init__(self, qkv: torch.Tensor, position, cells: torch.Tensor | None) -> None:
-        self.qkv, self.position, self.cells = qkv, position, cells
+    heads: int
+    position: PositionEncoding
+    partitions: list[_Partition]
+    p: float  # attention dropout (0 in eval mode)
+    seed: int  # of the dropout masks, drawn again in the backward pass
 
-    def get(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(c, side^2) token indices -> (H, c, side^2, dh) blocks of q, k and v (three gathers:
-        each stays below the mmap threshold, one for all three would not)."""
-        q, k, v = (_gather(t, idx) for t in self.qkv)
-        if self.position.rotates:
-            cells = self.cells[idx]
-            q, k = self.position.rotate(q, cells), self.position.rotate(k, cells)
-        return q, k, v
+    @property
+    def rescale(self) -> float:
+        """The local weights' dropout rescale, applied once to the output."""
+        return dropout_rescale(self.p)
 
-    def unrotate(self, grad: torch.Tensor, flat: torch.Tensor) -> torch.Tensor:
-        """(H, rows, dh) gradient w.r.t. rotated q or k -> w.r.t. the stored ones."""
-        if not self.position.rotates:
-            return grad
-        return self.position.rotate(grad, self.cells[flat], inverse=True)
+    def generator(self, part: int, number: int, device) -> torch.Generator:
+        """The dropout generator of one chunk, seeded from (seed, partition, chunk)."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed((self.seed + 7919 * part + 104729 * number) % (2**63))
+        return gen
+
+    def drop(self, shape, part: int, number: int, device) -> torch.Tensor | None:
+        """The dropout mask of one chunk (dropped = True); None without dropout."""
+        if self.p == 0.0:
+            return None
+        return drop_mask(shape, self.p, self.generator(part, number, device), device)[0]
+
+    def keep(self, weights: torch.Tensor, part: int) -> torch.Tensor | None:
+        """F.dropout's multiplier (kept / (1 - p), else 0) of the global queries' weights."""
+        if self.p == 0.0:
+            return None
+        gen = self.generator(part, 0, weights.device)
+        return torch.empty_like(weights).bernoulli_(1 - self.p, generator=gen).div_(1 - self.p)
 
 
-def _logits(qb, kb, mask, bias) -> torch.Tensor:
-    """Biased, masked window logits (H, c, side^2, side^2) of one chunk (a new tensor the
-    caller may modify in place); queries come pre-scaled."""
-    s = qb @ kb.transpose(-1, -2)
-    if bias is not None:
-        s.add_(bias)
-    return s.masked_fill_(mask, float("-inf"))
+def _split_heads(qkv: torch.Tensor, heads: int) -> torch.Tensor:
+    """(rows, 3 H dh) token-major qkv -> (3, H, rows, dh) view."""
+    return qkv.view(len(qkv), 3, heads, -1).permute(1, 2, 0, 3)
 
 
-def _local_stats(blocks, part: _Partition, bias, p: float, seed: int):
-    """Softmax statistics of one window partition per head and token: (max logit, sum of
-    exp, unnormalised output with dropped weights zeroed and NOT rescaled)."""
-    heads, n, dh = blocks.qkv.shape[1:]
-    top = blocks.qkv.new_empty((heads, n))
-    total = blocks.qkv.new_empty((heads, n))
-    out = blocks.qkv.new_empty((heads, n, dh))
-    for number, idx, mask, valid in part.chunks():
-        qb, kb, vb = blocks.get(idx)
-        e = _logits(qb, kb, mask, bias)  # (H, c, side^2, side^2)
-        m = e.amax(dim=-1)
-        e.sub_(torch.nan_to_num(m, neginf=0.0)[..., None]).exp_()  # in place: no temporaries
-        rows = valid.reshape(-1)
-        tokens = idx.reshape(-1)[rows]
-        top[:, tokens] = m.flatten(1)[:, rows]
-        total[:, tokens] = e.sum(-1).flatten(1)[:, rows]
-        drop = _drop_mask(e.shape, p, seed, part.part, number, e.device)
-        if drop is not None:
-            e.masked_fill_(drop, 0.0)
-        out[:, tokens] = (e @ vb).flatten(1, 2)[:, rows]
-    return top, total, out
+def _block_diagonal(t: torch.Tensor) -> torch.Tensor:
+    """(H, G, dh) -> (H G, H dh), row (h, g) holding t[h, g] in head h's columns: one GEMM
+    with a token-major (N, H dh) tensor then acts head by head."""
+    return torch.block_diag(*t)
+
+
+def _per_token(t: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """(N, H dh) token-major rows . (H, G, dh) global rows, per head -> (N, H G): one GEMM
+    with the token-major operand first (several times faster than with it transposed)."""
+    return t @ _block_diagonal(g).T
+
+
+def _diagonal_blocks(t: torch.Tensor, heads: int) -> torch.Tensor:
+    """(H G, H dh) product -> its (H, G, dh) per-head blocks (the inverse of the above)."""
+    return t.view(heads, len(t) // heads, heads, -1).diagonal(dim1=0, dim2=2).permute(2, 0, 1)
+
+
+def _head_major(t: torch.Tensor, scratch: float) -> torch.Tensor:
+    """(N, H) -> contiguous (H, N + 1) with column N = scratch (what empty slots read)."""
+    out = t.new_full((t.shape[1], len(t) + 1), scratch)
+    out[:, :-1] = t.t()
+    return out
+
+
+class _Windows:
+    """The chunk loop over the window partitions of one layer call, forward and backward."""
+
+    def __init__(self, qkv, bias, cells, setup: _Setup) -> None:
+        self.qkv, self.bias, self.cells, self.setup = qkv, bias, cells, setup
+        self.heads, self.workspace = setup.heads, _Workspace(qkv)
+
+    def gather(self, t: torch.Tensor, groups: int, chunk: _Chunk, name: str) -> torch.Tensor:
+        """The chunk's rows of token-major (N, groups H dh) t -> head-major (groups, H c,
+        side^2, dh) in buffer `name`: one contiguous gather and one permuted copy (gathering
+        from a head-major view of t takes a several times slower strided path)."""
+        rows, width = len(chunk.gather), t.shape[1]
+        staged = self.workspace("staged", rows, width)
+        torch.index_select(t, 0, chunk.gather, out=staged)
+        split = staged.view(rows, groups, self.heads, -1).permute(1, 2, 0, 3)
+        blocks = self.workspace(name, *split.shape).copy_(split)
+        return blocks.view(groups, self.heads * chunk.windows, rows // chunk.windows, -1)
+
+    def blocks(self, chunk: _Chunk) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v (H c, side^2, dh) of the chunk's windows; q and k rotated under RoPE."""
+        blocks = self.gather(self.qkv, 3, chunk, "qkv")
+        if self.setup.position.rotates:
+            cells = self.cells[chunk.gather]
+            rotated = blocks[:2].view(2, self.heads, len(cells), -1)
+            rotated.copy_(self.setup.position.rotate(rotated, cells))
+        return blocks.unbind(0)
+
+    def logits(self, q: torch.Tensor, k: torch.Tensor, chunk: _Chunk) -> torch.Tensor:
+        """Biased, masked window logits (H c, side^2, side^2); queries come pre-scaled."""
+        hc, side2, _ = q.shape
+        logits = self.workspace("logits", self.heads, chunk.windows, side2, side2)
+        if self.bias is None:
+            logits.copy_(chunk.key_mask.expand_as(logits))
+        else:
+            torch.add(self.bias[:, None], chunk.key_mask, out=logits)
+        return logits.view(hc, side2, side2).baddbmm_(q, k.transpose(1, 2))
+
+    def drop(self, part: _Partition, chunk: _Chunk, logits: torch.Tensor) -> torch.Tensor | None:
+        """The chunk's dropout mask, shaped like its logits."""
+        shape = (self.heads, chunk.windows, *logits.shape[1:])
+        mask = self.setup.drop(shape, part.part, chunk.number, logits.device)
+        return None if mask is None else mask.view(logits.shape)
+
+    def forward(self, part: _Partition):
+        """Softmax statistics of one partition per token and head, with scratch row N:
+        (max logit (N + 1, H), sum of exp (N + 1, H), unnormalised output (N + 1, D) with
+        dropped weights zeroed and NOT rescaled)."""
+        n, heads = len(self.qkv), self.heads
+        top, total = self.qkv.new_empty((n + 1, heads)), self.qkv.new_empty((n + 1, heads))
+        out = self.qkv.new_empty((n + 1, self.qkv.shape[1] // 3))
+        for chunk in part.chunks:
+            q, k, v = self.blocks(chunk)
+            e = self.logits(q, k, chunk)
+            m = e.amax(dim=-1)
+            e.sub_(torch.nan_to_num(m, neginf=0.0)[..., None]).exp_()  # in place: no temporaries
+            top.index_put_((chunk.slot,), m.view(heads, -1).t())
+            total.index_put_((chunk.slot,), e.sum(-1).view(heads, -1).t())
+            drop = self.drop(part, chunk, e)
+            if drop is not None:
+                e.masked_fill_(drop, 0.0)
+            self.scatter(out, chunk, torch.bmm(e, v, out=self.workspace("out", *v.shape)))
+        return top, total, out
+
+    def scatter(self, out: torch.Tensor, chunk: _Chunk, blocks: torch.Tensor) -> None:
+        """out[slots] = head-major (H c, side^2, dh) blocks, out token-major (N + 1, D)."""
+        rows = len(chunk.slot)
+        staged = self.workspace("staged", rows, out.shape[1])
+        staged.view(rows, self.heads, -1).copy_(blocks.view(self.heads, rows, -1).transpose(0, 1))
+        out.index_put_((chunk.slot,), staged)
+
+    def backward(self, part: _Partition, d_out, lse, delta, d_qkv, d_bias) -> None:
+        """Add one partition's gradients, divided by the dropout rescale, into d_qkv (N, 3 D)
+        and d_bias; lse and delta come head-major, (H, N + 1)."""
+        for chunk in part.chunks:
+            q, k, v = self.blocks(chunk)
+            hc, side2, dh = q.shape
+            d_o = self.gather(d_out, 1, chunk, "d_out")[0]
+            a = self.logits(q, k, chunk)
+            a.sub_(lse.index_select(1, chunk.slot).view(hc, side2, 1)).exp_()  # empty rows: 0
+            drop = self.drop(part, chunk, a)
+            ds = torch.bmm(d_o, v.transpose(1, 2), out=self.workspace("ds", hc, side2, side2))
+            if drop is not None:
+                ds.masked_fill_(drop, 0.0)
+            ds.sub_(delta.index_select(1, chunk.slot).view(hc, side2, 1)).mul_(a)  # d(logits)
+            if drop is not None:
+                a.masked_fill_(drop, 0.0)
+            grads = self.workspace("grads", 3, hc, side2, dh)
+            torch.bmm(ds, k, out=grads[0])
+            torch.bmm(ds.transpose(1, 2), q, out=grads[1])
+            torch.bmm(a.transpose(1, 2), d_o, out=grads[2])
+            if d_bias is not None:
+                d_bias += ds.view(self.heads, chunk.windows, side2, side2).sum(1)
+            grads = grads.view(3, self.heads, -1, dh)
+            if self.setup.position.rotates:
+                cells = self.cells[chunk.gather]
+                grads[:2] = self.setup.position.rotate(grads[:2], cells, inverse=True)
+            _split_heads(d_qkv, self.heads).index_add_(2, chunk.gather, grads)
 
 
 def _merge_into(stats, top_b, total_b, out_b=None, weights_b=None, values_b=None):
-    """Combine running softmax statistics with those of a disjoint key set (online-softmax
-    rule), in place. The second set's output is out_b, or weights_b @ values_b. The running
-    maximum is finite for every row (a token always sees itself)."""
+    """Combine running softmax statistics (rows, H), (rows, H), (rows, D) with those of a
+    disjoint key set (online-softmax rule), in place. The second set's output is out_b, or
+    weights_b (rows, H, G) @ block-diagonal values_b (H G, D). The running maximum is finite
+    for every token (a token always sees itself)."""
     top_a, total_a, out_a = stats
     top = torch.maximum(top_a, top_b)
     wa, wb = (top_a - top).exp_(), (top_b - top).exp_()  # exp(-inf) = 0: no keys in b
     total_a.mul_(wa).add_(total_b * wb)
-    out_a.mul_(wa[..., None])
+    heads_a = out_a.view(*wa.shape, -1)
+    heads_a.mul_(wa[..., None])
     if out_b is not None:
-        out_a.addcmul_(out_b, wb[..., None])
+        heads_a.addcmul_(out_b.view(heads_a.shape), wb[..., None])
     else:
-        out_a.baddbmm_(weights_b * wb[..., None], values_b)
+        out_a.addmm_((weights_b * wb[..., None]).flatten(1), values_b)
     return top, total_a, out_a
 
 
-class _WindowAttention(torch.autograd.Function):
-    """softmax over (regular window  U  shifted window  U  global tokens), then values.
+def _global_key_logits(qkv: torch.Tensor, gqkv: torch.Tensor) -> torch.Tensor:
+    """(N, H, G) logits of the local queries over the global keys."""
+    heads, g = gqkv.shape[1:3]
+    return _per_token(qkv.chunk(3, dim=1)[0], gqkv[1]).view(len(qkv), heads, g)
 
-    Works on head-major (3, H, N, dh) qkv with pre-scaled queries (blocks gather
-    contiguously) and returns its gradient in the same layout. The forward pass merges the
-    partitions' and the global tokens' (max, sum, output) per head and token, as online
-    softmax does; the backward pass recomputes each chunk's probabilities from the saved
-    log-sum-exp. The dropout rescale is applied once to the output (and once to the
-    gradients), not per chunk. Global tokens get no position term.
+
+def _global_key_drop(setup: _Setup, n: int, g: int, device) -> torch.Tensor | None:
+    """The dropout mask of the local queries' global-key weights, (N, H, G)."""
+    mask = setup.drop((setup.heads, n, g), len(setup.partitions), 0, device)
+    return None if mask is None else mask.transpose(0, 1)
+
+
+def _local_forward(qkv, gqkv, bias, cells, setup: _Setup):
+    """Local queries over their windows and the global keys: output (N, D) and log-sum-exp
+    (H, N + 1) with column N = inf."""
+    n, heads = len(qkv), setup.heads
+    windows = _Windows(qkv, bias, cells, setup)
+    stats = None
+    for part in setup.partitions:  # each token sits in exactly one window of a partition
+        part_stats = windows.forward(part)
+        stats = part_stats if stats is None else _merge_into(stats, *part_stats)
+    stats = tuple(t[:n] for t in stats)
+    if gqkv is not None:
+        e = _global_key_logits(qkv, gqkv)
+        top = e.amax(dim=-1)
+        total = e.sub_(top[..., None]).exp_().sum(-1)
+        drop = _global_key_drop(setup, n, e.shape[2], qkv.device)
+        if drop is not None:
+            e.masked_fill_(drop, 0.0)
+        stats = _merge_into(stats, top, total, weights_b=e, values_b=_block_diagonal(gqkv[2]))
+    top, total, out = stats
+    out.view(n, heads, -1).div_((total / setup.rescale)[..., None])
+    return out, _head_major(top + torch.log(total), float("inf"))
+
+
+def _local_backward(qkv, gqkv, bias, cells, out, lse, d_out, setup: _Setup, d_qkv, d_gqkv):
+    """Gradients of the local queries' attention, added in place; returns the bias gradient."""
+    n, heads, rescale = len(qkv), setup.heads, setup.rescale
+    d_out = d_out.contiguous()
+    # rowsum(dA * A) of the softmax backward, divided by the dropout rescale: the local
+    # gradients below are computed without the rescale, which is applied once at the end.
+    delta = (d_out * out).view(n, heads, -1).sum(-1).div_(rescale)  # (N, H)
+    d_bias = None if bias is None else torch.zeros_like(bias)
+    windows = _Windows(qkv, bias, cells, setup)
+    delta_heads = _head_major(delta, 0.0)
+    for part in setup.partitions:
+        windows.backward(part, d_out, lse, delta_heads, d_qkv, d_bias)
+    if rescale != 1.0:
+        d_qkv.mul_(rescale)
+        if d_bias is not None:
+            d_bias.mul_(rescale)
+    if gqkv is not None:
+        _global_key_backward(qkv, gqkv, d_out, lse[:, :n].t(), delta, setup, d_qkv, d_gqkv)
+    return d_bias
+
+
+def _global_key_backward(qkv, gqkv, d_out, lse, delta, setup: _Setup, d_qkv, d_gqkv) -> None:
+    """Gradients of the local queries' attention to the global keys, added in place."""
+    heads, rescale = setup.heads, setup.rescale
+    q = qkv.chunk(3, dim=1)[0]
+    n, g = len(q), gqkv.shape[2]
+    a = _global_key_logits(qkv, gqkv).sub_(lse[..., None]).exp_()
+    da = _per_token(d_out, gqkv[2]).view(n, heads, g)
+    drop = _global_key_drop(setup, n, g, qkv.device)
+    if drop is not None:
+        da.masked_fill_(drop, 0.0)
+    ds = a * (da - delta[..., None]) * rescale
+    if drop is not None:
+        a.masked_fill_(drop, 0.0)
+    a.mul_(rescale)
+    d_gqkv[1] += _diagonal_blocks(ds.flatten(1).T @ q, heads)
+    d_gqkv[2] += _diagonal_blocks(a.flatten(1).T @ d_out, heads)
+    d_qkv.chunk(3, dim=1)[0].addmm_(ds.flatten(1), _block_diagonal(gqkv[1]))
+
+
+def _global_query_logits(qkv: torch.Tensor, gqkv: torch.Tensor) -> torch.Tensor:
+    """(H, G, N + G) logits of the global queries over all tokens, then the global tokens."""
+    gq, gk = gqkv[0], gqkv[1]
+    heads, g, _ = gq.shape
+    local = _per_token(qkv.chunk(3, dim=1)[1], gq).T.view(heads, g, -1)
+    return torch.cat([local, gq @ gk.transpose(-1, -2)], dim=-1)
+
+
+def _global_forward(qkv, gqkv, setup: _Setup) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global queries over all tokens and the global tokens: softmax weights (H, G, N + G)
+    before dropout (kept for the backward pass) and output (G, D)."""
+    n = len(qkv)
+    weights = _global_query_logits(qkv, gqkv).softmax(dim=-1)
+    keep = setup.keep(weights, len(setup.partitions) + 1)
+    kept = weights if keep is None else weights * keep
+    out = _diagonal_blocks(kept[..., :n].flatten(0, 1) @ qkv.chunk(3, dim=1)[2], setup.heads)
+    out += kept[..., n:] @ gqkv[2]  # (H, G, dh)
+    return weights, out.transpose(0, 1).flatten(1)
+
+
+def _global_backward(qkv, gqkv, weights, d_gout, setup: _Setup, d_qkv, d_gqkv) -> None:
+    """Gradients of the global queries' attention, added in place."""
+    n, heads = len(qkv), setup.heads
+    _, k, v = qkv.chunk(3, dim=1)
+    gq, gk, gv = gqkv
+    dg = d_gout.view(len(d_gout), heads, -1).transpose(0, 1)  # (H, G, dh)
+    d_kept = torch.cat(
+        [_per_token(v, dg).T.view(*weights.shape[:2], n), dg @ gv.transpose(-1, -2)], -1
+    )
+    keep = setup.keep(weights, len(setup.partitions) + 1)
+    kept = weights if keep is None else weights * keep
+    if keep is not None:
+        d_kept.mul_(keep)
+    d_logits = weights * (d_kept - (d_kept * weights).sum(-1, keepdim=True))
+    d_local, d_global = d_logits[..., :n].flatten(0, 1), d_logits[..., n:]
+    d_gqkv[0] += _diagonal_blocks(d_local @ k, heads) + d_global @ gk
+    d_gqkv[1] += d_global.transpose(-1, -2) @ gq
+    d_gqkv[2] += kept[..., n:].transpose(-1, -2) @ dg
+    _, d_k, d_v = d_qkv.chunk(3, dim=1)
+    d_k.addmm_(d_local.T, _block_diagonal(gq))
+    d_v.addmm_(kept[..., :n].flatten(0, 1).T, _block_diagonal(dg))
+
+
+class _WindowAttention(torch.autograd.Function):
+    """softmax over (regular window  U  shifted window  U  global tokens), then values, for
+    the local queries; softmax over all tokens and the global tokens for the global queries.
+
+    Takes token-major (N, 3 D) qkv with pre-scaled queries and (3, H, G, dh) global qkv;
+    returns the local output (N, D) and the global one (G, D) (None without global tokens).
+    The forward pass merges the partitions' and the global keys' (max, sum, output) per
+    token and head, as online softmax does; the backward pass recomputes each chunk's
+    probabilities from the saved log-sum-exp. The local dropout rescale is applied once to
+    the output (and once to the gradients), not per chunk. Global tokens get no position term.
     """
 
     @staticmethod
-    def forward(ctx, qkv, gqkv, bias, position, cells, partitions, p, seed):
-        blocks = _Blocks(qkv, position, cells)
-        bias = None if bias is None else bias[:, None]
-        stats = None
-        for part in partitions:  # each token sits in exactly one window of a partition
-            part_stats = _local_stats(blocks, part, bias, p, seed)
-            stats = part_stats if stats is None else _merge_into(stats, *part_stats)
-        if gqkv is not None:
-            e = qkv[0] @ gqkv[1].transpose(-1, -2)  # (H, N, G)
-            top = e.amax(dim=-1)
-            e.sub_(top[..., None]).exp_()
-            total = e.sum(-1)
-            drop = _drop_mask(e.shape, p, seed, len(partitions), 0, qkv.device)
-            if drop is not None:
-                e.masked_fill_(drop, 0.0)
-            stats = _merge_into(stats, top, total, weights_b=e, values_b=gqkv[2])
-        top, total, out = stats
-        rescale = dropout_rescale(p)
-        out.div_((total / rescale)[..., None])
-        lse = top + torch.log(total)
-        ctx.save_for_backward(qkv, gqkv, bias, cells, out, lse)
-        ctx.position, ctx.partitions, ctx.p, ctx.seed = position, partitions, p, seed
-        ctx.rescale = rescale
-        return out
+    def forward(ctx, qkv, gqkv, bias, cells, setup: _Setup):
+        out, lse = _local_forward(qkv, gqkv, bias, cells, setup)
+        weights, g_out = (None, None) if gqkv is None else _global_forward(qkv, gqkv, setup)
+        ctx.save_for_backward(qkv, gqkv, bias, cells, out, lse, weights)
+        ctx.setup = setup
+        ctx.set_materialize_grads(False)  # an unused output costs no backward work
+        return out, g_out
 
     @staticmethod
-    def backward(ctx, d_out):
-        qkv, gqkv, bias, cells, out, lse = ctx.saved_tensors
-        p, seed, rescale = ctx.p, ctx.seed, ctx.rescale
-        blocks = _Blocks(qkv, ctx.position, cells)
-        d_out = d_out.contiguous()
-        # rowsum(dA * A) of the softmax backward, divided by the dropout rescale: the local
-        # gradients below are computed without the rescale, which is applied once at the end.
-        delta = (d_out * out).sum(-1).div_(rescale)  # (H, N)
+    def backward(ctx, d_out, d_gout):
+        qkv, gqkv, bias, cells, out, lse, weights = ctx.saved_tensors
         d_qkv = torch.zeros_like(qkv)
-        dbias = None if bias is None else torch.zeros_like(bias)
-        for part in ctx.partitions:
-            for number, idx, mask, valid in part.chunks():
-                qb, kb, vb = blocks.get(idx)
-                dob = _gather(d_out, idx)
-                a = _logits(qb, kb, mask, bias)
-                row_lse = torch.where(valid, _gather(lse, idx), float("inf"))
-                a.sub_(row_lse[..., None]).exp_()  # probabilities; empty query slots: 0
-                drop = _drop_mask(a.shape, p, seed, part.part, number, qkv.device)
-                ds = dob @ vb.transpose(-1, -2)  # d(kept probabilities) / rescale
-                if drop is not None:
-                    ds.masked_fill_(drop, 0.0)
-                ds.sub_(_gather(delta, idx)[..., None]).mul_(a)  # d(logits) / rescale
-                if drop is not None:
-                    a.masked_fill_(drop, 0.0)
-                flat = idx.reshape(-1)
-                d_qkv[2].index_add_(1, flat, (a.transpose(-1, -2) @ dob).flatten(1, 2))
-                if dbias is not None:
-                    dbias += ds.sum(1, keepdim=True)
-                d_qkv[0].index_add_(1, flat, blocks.unrotate((ds @ kb).flatten(1, 2), flat))
-                d_qkv[1].index_add_(
-                    1, flat, blocks.unrotate((ds.transpose(-1, -2) @ qb).flatten(1, 2), flat)
-                )
-        if rescale != 1.0:
-            d_qkv.mul_(rescale)
-            if dbias is not None:
-                dbias.mul_(rescale)
-        d_gqkv = None
-        if gqkv is not None:
-            q, gk, gv = qkv[0], gqkv[1], gqkv[2]
-            a = torch.exp(q @ gk.transpose(-1, -2) - lse[..., None])  # (H, N, G)
-            drop = _drop_mask(a.shape, p, seed, len(ctx.partitions), 0, qkv.device)
-            da = d_out @ gv.transpose(-1, -2)
-            if drop is not None:
-                da.masked_fill_(drop, 0.0)
-            ds = a * (da - delta[..., None]) * rescale
-            if drop is not None:
-                a.masked_fill_(drop, 0.0)
-            a.mul_(rescale)
-            d_gqkv = torch.zeros_like(gqkv)
-            d_gqkv[1] = ds.transpose(-1, -2) @ q
-            d_gqkv[2] = a.transpose(-1, -2) @ d_out
-            d_qkv[0] += ds @ gk
-        dbias = None if dbias is None else dbias[:, 0]
-        return d_qkv, d_gqkv, dbias, None, None, None, None, None
+        d_gqkv = None if gqkv is None else torch.zeros_like(gqkv)
+        d_bias = None
+        if d_out is not None:
+            args = (qkv, gqkv, bias, cells, out, lse, d_out, ctx.setup, d_qkv, d_gqkv)
+            d_bias = _local_backward(*args)
+        if d_gout is not None:
+            _global_backward(qkv, gqkv, weights, d_gout, ctx.setup, d_qkv, d_gqkv)
+        return d_qkv, d_gqkv, d_bias, None, None
 
 
 class SparseWindowAttention(nn.Module):
@@ -255,15 +446,18 @@ class SparseWindowAttention(nn.Module):
         self.position = position_encoding(position, heads, side, self.head_dim, rope_theta)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) residual stream -> head-major (3, H, N, dh) queries (already multiplied by
+        """(N, D) residual stream -> token-major (N, 3 D) queries (already multiplied by
         1 / sqrt(dh)), keys and values."""
         # Scaling the query rows of the weights avoids a pass over q or over the logits.
         dim = self.heads * self.head_dim
         weight, bias = (
             torch.cat([t[:dim] * self.scale, t[dim:]]) for t in (self.qkv.weight, self.qkv.bias)
         )
-        qkv = F.linear(self.norm(x), weight, bias).view(len(x), 3, self.heads, self.head_dim)
-        return qkv.permute(1, 2, 0, 3).contiguous()
+        return F.linear(self.norm(x), weight, bias)
+
+    def split_heads(self, qkv: torch.Tensor) -> torch.Tensor:
+        """(N, 3 D) from `project` -> (3, H, N, dh) view of q, k and v per head."""
+        return _split_heads(qkv, self.heads)
 
     def forward(
         self,
@@ -273,33 +467,16 @@ class SparseWindowAttention(nn.Module):
         layout: WindowLayout,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x (N, D) local tokens, tokens (G, D) global tokens or None -> updated (x, tokens)."""
-        n, dim = x.shape
         qkv = self.project(x)
-        partitions = [_Partition(layout.regular, None, self.heads, 0)]
+        partitions = [_Partition(layout.regular, None, self.heads, 0, qkv.dtype)]
         if layout.shifted is not None:
-            partitions.append(_Partition(layout.shifted, layout.duplicate, self.heads, 1))
-        gqkv = None if tokens is None else self.project(tokens)
+            shifted = _Partition(layout.shifted, layout.duplicate, self.heads, 1, qkv.dtype)
+            partitions.append(shifted)
+        gqkv = None if tokens is None else self.split_heads(self.project(tokens))
         cells = (grid - grid.min(dim=0).values).float() if self.position.rotates else None
         p = self.attn_dropout if self.training else 0.0
         seed = int(torch.randint(0, 2**62, (1,))) if p > 0 else 0
-        out = _WindowAttention.apply(
-            qkv,
-            gqkv,
-            self.position.block_bias(),
-            self.position,
-            cells,
-            partitions,
-            p,
-            seed,
-        )  # (H, N, dh)
-        x_out = self.proj(out.transpose(0, 1).reshape(n, dim))
-        if tokens is None:
-            return x_out, None
-        # Global tokens attend to every token and to each other (no position term).
-        gq, gk, gv = gqkv
-        g_logits = torch.cat(
-            [gq @ qkv[1].transpose(-1, -2), gq @ gk.transpose(-1, -2)], dim=-1
-        )  # (H, G, N + G)
-        g_weights = nn.functional.dropout(g_logits.softmax(dim=-1), p, self.training)
-        g_out = g_weights[..., :n] @ qkv[2] + g_weights[..., n:] @ gv  # (H, G, dh)
-        return x_out, self.proj(g_out.transpose(0, 1).reshape(len(tokens), dim))
+        setup = _Setup(self.heads, self.position, partitions, p, seed)
+        bias = self.position.block_bias()
+        out, g_out = _WindowAttention.apply(qkv, gqkv, bias, cells, setup)
+        return self.proj(out), (None if g_out is None else self.proj(g_out))
