@@ -33,8 +33,10 @@ from span.slides.tiff_writer import write_pyramidal_tiff
 
 
 def encoder_only(encoder, device, batch_size: int, n: int) -> float:
-    """Images per second of preprocessing + encoder on in-memory uint8 tiles."""
-    tiles = torch.randint(0, 256, (batch_size, 224, 224, 3), dtype=torch.uint8)
+    """Images per second of preprocessing + encoder on in-memory uint8 tiles of the encoder's
+    input size (one warm-up batch not counted)."""
+    size = encoder.input_size
+    tiles = torch.randint(0, 256, (batch_size, size, size, 3), dtype=torch.uint8)
     if device.type == "cuda":
         tiles = tiles.pin_memory()
     encoder.model.to(device).to(memory_format=torch.channels_last)

@@ -9,6 +9,7 @@ import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 from span.evaluation.metrics import (
+    auc,
     bootstrap_ci,
     bootstrap_ci_detail,
     bootstrap_distribution,
@@ -95,3 +96,17 @@ def test_bootstrap_ci_na_when_too_few_valid() -> None:
     y, p = np.array([1] + [0] * 29), np.tile([0.5, 0.5], (30, 1))  # ~63% of resamples valid
     low, high, valid, reason = bootstrap_ci_detail(y, p, "auc", n=200, seed=0)
     assert (low, high) == (0.5, 0.5) and 100 <= valid < 200 and reason is None
+
+
+@pytest.mark.parametrize(("c", "absent"), [(2, None), (3, None), (3, 1), (2, 0)])
+def test_one_auc_for_validation_and_test(c: int, absent: int | None) -> None:
+    """The trainer's validation AUC is the report's: NaN when a class is absent."""
+    from span.training import trainer
+
+    y, p = _data(40, c, 9)
+    if absent is not None:
+        y[y == absent] = (absent + 1) % c
+    assert trainer.auc is auc
+    expected = classification_metrics(y, p)["auc"]
+    assert auc(y, p) == pytest.approx(expected, nan_ok=True)
+    assert math.isnan(expected) == (absent is not None)

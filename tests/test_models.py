@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import subprocess
 import sys
 
@@ -19,8 +21,24 @@ PAPER_PARAMETERS = {
 }
 
 
-def test_registry_names():
-    assert set(MODELS) == {"span", "abmil", "clam_sb", "clam_mb", "dtfd", "mhim", "transmil"}
+def test_every_model_class_is_registered():
+    """A model class of span/models missing from the registry could not be trained by name,
+    and a registered class path that names no model class could not be built."""
+    import span.models
+    from span.models.base import MILModel
+
+    for module in pkgutil.iter_modules(span.models.__path__):
+        importlib.import_module(f"span.models.{module.name}")
+
+    def subclasses(cls: type) -> list[type]:
+        return [c for sub in cls.__subclasses__() for c in (sub, *subclasses(sub))]
+
+    concrete = {
+        f"{c.__module__}:{c.__qualname__}"
+        for c in subclasses(MILModel)
+        if c.__module__.startswith("span.models.") and not c.__name__.startswith("_")
+    }
+    assert concrete == {m.class_path for m in MODELS.values()}
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMETERS))

@@ -12,7 +12,8 @@ import pytest
 from matplotlib.image import imread
 
 from span.errors import SpanError
-from span.evaluation.report import discover_variants, write_report
+from span.evaluation.report import write_report
+from span.evaluation.seed_runs import discover_variants
 
 QUALITY = {"abmil": 1.0, "mhim": 0.6, "span": 1.6}
 
@@ -127,6 +128,17 @@ def test_no_warning_with_pretrained_weights(tmp_path: Path) -> None:
     assert "| s998 | no tissue patches |" in report  # from metrics.json
 
 
+def test_methods_are_named_by_the_config_label_else_the_registry(tmp_path: Path) -> None:
+    variants = _experiment(tmp_path, ["a", "b"])
+    variants["abmil_relu"] = variants.pop("abmil")  # a variant that is no model name
+    out = write_report(
+        tmp_path / "r", "e", variants, "span", ["a", "b"], n_bootstrap=20, labels={"mhim": "M"}
+    )
+    methods = dict(pd.read_csv(out["results_csv"])[["variant", "method"]].to_numpy())
+    assert methods == {"abmil_relu": "abmil_relu", "mhim": "M", "span": "SPAN"}
+    assert "| SPAN |" in out["results_md"].read_text()
+
+
 def test_one_seed_and_undefined_auc(tmp_path: Path) -> None:
     classes = ["a", "b", "c"]
     variants = _experiment(tmp_path, classes)
@@ -204,7 +216,7 @@ def test_unknown_reference(tmp_path: Path) -> None:
 
 
 def test_sweep_plot_orders_by_value_and_names_missing_variants(tmp_path):
-    from span.evaluation.sweep import plot_sweep
+    from span.evaluation.plots import plot_sweep
 
     table = tmp_path / "results.csv"
     table.write_text(

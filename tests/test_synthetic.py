@@ -192,19 +192,19 @@ def test_write_demo_cohort_sheet(tmp_path: Path) -> None:
         rows = list(csv.reader(fh, delimiter="\t"))
     assert rows[0] == ["slide_id", "path", "label", "patient"]
     assert rows[1:] == [
-        ["demo_00", str(tmp_path / "demo" / "slides" / "demo_00.tiff"), "normal", "P00"],
-        ["demo_01", str(tmp_path / "demo" / "slides" / "demo_01.tiff"), "tumor", "P01"],
+        ["demo_00", str(tmp_path / "demo" / "slides" / "demo_00.tiff"), "scattered", "P00"],
+        ["demo_01", str(tmp_path / "demo" / "slides" / "demo_01.tiff"), "clumped", "P01"],
     ]
     for row in rows[1:]:
         with openslide.OpenSlide(row[1]) as slide:
             assert slide.level_count >= 3
-    assert [S.demo_label(i) for i in range(4)] == ["normal", "tumor", "normal", "tumor"]
+    assert [S.demo_label(i) for i in range(4)] == ["scattered", "clumped"] * 2
     assert S.demo_slide_ids(3) == ["demo_00", "demo_01", "demo_02"]
 
 
 def test_committed_demo_sheet_is_the_generated_one() -> None:
     committed = (Path(__file__).resolve().parents[1] / "config" / "demo_samples.tsv").read_text()
-    assert committed == S.demo_sheet("resources/demo/slides", 16)
+    assert committed == S.demo_sheet("resources/demo/slides", S.DEMO_SLIDES)
 
 
 def _tumour_share(tumour: np.ndarray, mpp: float) -> np.ndarray:
@@ -239,18 +239,24 @@ def test_clumped_and_scattered_tumour_differ_only_in_arrangement() -> None:
         S.render_tissue(500, 500, mpp, tumour=True, seed=0, arrangement="striped")
 
 
-def test_demo_slide_command_places_tumour_by_arrangement(tmp_path: Path) -> None:
-    """`span demo-slide --arrangement` writes a tumour slide with arranged tumour; asking an
-    arrangement of a normal slide is refused."""
+def test_demo_slide_command_places_tumour_by_label(tmp_path: Path) -> None:
+    """`span demo-slide --label clumped|scattered` writes the same tissue with the same share
+    of tumour cells, arranged differently; tumor draws islands; other labels are refused."""
     from span.cli import main
 
-    out = tmp_path / "clumped.tiff"
-    args = ["demo-slide", "--slide-id", "demo_01", "--label", "tumor", "--out", str(out)]
-    assert main([*args, "--arrangement", "clumped"]) == 0
-    with openslide.OpenSlide(out) as slide:
-        assert slide.level_count == 3
-    islands = tmp_path / "islands.tiff"
-    assert main([*args[:-1], str(islands)]) == 0
-    assert out.read_bytes() != islands.read_bytes()
-    with pytest.raises(ValueError, match="arrangement places tumour"):
-        S.make_demo_slide(tmp_path / "n.tiff", "demo_00", "normal", arrangement="clumped")
+    infos = {}
+    for label in ("clumped", "scattered", "tumor"):
+        out = tmp_path / f"{label}.tiff"
+        args = ["demo-slide", "--slide-id", "demo_01", "--label", label, "--out", str(out)]
+        assert main(args) == 0
+        with openslide.OpenSlide(out) as slide:
+            assert slide.level_count == 3
+        infos[label] = S.make_demo_slide(tmp_path / f"again-{label}.tiff", "demo_01", label)
+        assert infos[label]["tumour_fraction_of_tissue"] > 0.05
+    clumped, scattered = infos["clumped"], infos["scattered"]
+    assert clumped["tissue_fraction"] == scattered["tissue_fraction"]
+    share = clumped["tumour_fraction_of_tissue"] / scattered["tumour_fraction_of_tissue"]
+    assert 0.8 < share < 1.25
+    assert (tmp_path / "clumped.tiff").read_bytes() != (tmp_path / "scattered.tiff").read_bytes()
+    with pytest.raises(ValueError, match="demo label"):
+        S.make_demo_slide(tmp_path / "n.tiff", "demo_00", "striped")

@@ -17,6 +17,7 @@ import yaml
 
 from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
+from span.synthetic import DEMO_SLIDES
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
@@ -74,7 +75,7 @@ def test_default_config_plans_demo_and_patching(tmp_path):
     shutil.copytree(REPO / "config", tmp_path / "config")
     counts = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules"))
     n = len((REPO / "config" / "demo_samples.tsv").read_text().splitlines()) - 1
-    assert n == 16
+    assert n == DEMO_SLIDES
     assert counts["demo_slide"] == n and counts["patch"] == n and counts["qc_summary"] == 1
 
 

@@ -7,6 +7,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from span.settings.options import add_options, values_for
+from span.settings.stages import ExclusionSettings, SplitSettings
+
 log = logging.getLogger(__name__)
 
 
@@ -31,25 +34,13 @@ def _split(args: argparse.Namespace) -> None:
     }
     excluded = {slide: reason for slide, reason in reasons.items() if reason}
     rows, warnings = make_splits(
-        samples,
-        args.classes,
-        seed=args.seed,
-        test_fraction=args.test_fraction,
-        val_fraction=args.val_fraction,
-        excluded=excluded,
+        samples, args.classes, **values_for(SplitSettings, args), excluded=excluded
     )
     for warning in warnings:
         log.warning("%s", warning)
     write_splits(rows, args.out)
     counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test", EXCLUDED)}
     log.info("splits: %s -> %s", counts, args.out)
-
-
-def _share(text: str) -> float:
-    value = float(text)
-    if not 0 <= value <= 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a share between 0 and 1")
-    return value
 
 
 def register(stages: argparse._SubParsersAction) -> None:
@@ -59,12 +50,7 @@ def register(stages: argparse._SubParsersAction) -> None:
         help="the cohort's table of slides (qc/summary.tsv) and which are excluded, and why",
     )
     q.add_argument("--features", nargs="*", default=[], help="every slide's features HDF5")
-    q.add_argument(
-        "--max-bad-tile-share",
-        type=_share,
-        default=0.05,
-        help="exclude a slide when more than this share of its tiles could not be read",
-    )
+    add_options(q, ExclusionSettings)
     q.add_argument("--out", required=True, help="TSV to write")
     q.set_defaults(func=_qc_summary)
 
@@ -74,9 +60,7 @@ def register(stages: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--samples", required=True, help="sample sheet (TSV)")
     p.add_argument("--classes", nargs="+", required=True)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--test-fraction", type=float, default=1 / 3)
-    p.add_argument("--val-fraction", type=float, default=0.15)
+    add_options(p, SplitSettings)
     p.add_argument(
         "--features",
         nargs="*",
@@ -84,6 +68,6 @@ def register(stages: argparse._SubParsersAction) -> None:
         help="the labelled slides' features files (<slide_id>.h5): slides the QC rule excludes "
         "get split `excluded`",
     )
-    p.add_argument("--max-bad-tile-share", type=_share, default=0.05)
+    add_options(p, ExclusionSettings)
     p.add_argument("--out", required=True, help="splits.tsv to write")
     p.set_defaults(func=_split)

@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 
 from span.errors import SpanError
+from span.settings.options import add_options
+from span.settings.stages import PredictSettings, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +33,7 @@ def _evaluate(args: argparse.Namespace) -> None:
 
 
 def _sweep_plot(args: argparse.Namespace) -> None:
-    from span.evaluation.sweep import plot_sweep
+    from span.evaluation.plots import plot_sweep
 
     values = _json_object(args.values, "--values")
     rows = plot_sweep(
@@ -123,7 +125,7 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", nargs="+", required=True, help="seed folders with checkpoint.pt")
     p.add_argument("--out", required=True, help="predictions CSV to write")
     p.add_argument("--heatmaps", help="folder for one heatmap PNG per slide (optional)")
-    p.add_argument("--heatmap-max-side", type=int, default=1200)
-    p.add_argument("--device", default="auto")
+    add_options(p, PredictSettings)
+    add_options(p, TrainSettings, ("device",))
     p.add_argument("--qc", help="qc/summary.tsv: its excluded slides are not predicted")
     p.set_defaults(func=_predict)

@@ -1,16 +1,19 @@
-"""Slide-level classification metrics with explicit reasons when a metric is undefined.
+"""Slide-level classification metrics (scikit-learn) with the reason when one is undefined.
 
-Predictions are the arg-max of the class probabilities. AUCs are Mann-Whitney (midrank) AUCs:
-binary = the last class (the positive) against the first; C > 2 = macro mean of the one-vs-rest
-AUCs. An undefined metric is NaN and `reasons[name]` says why.
+Predictions are the arg-max of the class probabilities. The AUC, one definition for validation
+(`span.training.trainer`) and test (the report): with 2 classes the ROC AUC of the last class
+(the positive) against the first; with C > 2 the unweighted mean of the C one-vs-rest AUCs, NaN
+when a class is absent (a mean over the classes present would compare different class sets
+from one set of slides to the next). An undefined metric is NaN and `reasons[name]` says why.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import numpy as np
-from scipy.stats import rankdata
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
 MetricFn = Callable[[np.ndarray, np.ndarray], float]
 
@@ -40,44 +43,34 @@ def check_inputs(y_true: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.
 
 
 def binary_auc(positive: np.ndarray, scores: np.ndarray) -> tuple[float, str | None]:
-    """Midrank (Mann-Whitney) AUC for a boolean `positive` mask; NaN + reason if a side is empty."""
+    """ROC AUC for a boolean `positive` mask; NaN and the reason when a side is empty."""
     positive = np.asarray(positive, dtype=bool)
-    m = int(positive.sum())
-    n = positive.size - m
-    if m == 0:
+    if not positive.any():
         return float("nan"), "no positive slides"
-    if n == 0:
+    if positive.all():
         return float("nan"), "no negative slides"
-    ranks = rankdata(scores)
-    return float((ranks[positive].sum() - m * (m + 1) / 2) / (m * n)), None
-
-
-def _confusion(y: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
-    return np.bincount(y * n_classes + pred, minlength=n_classes * n_classes).reshape(
-        n_classes, n_classes
-    )
+    return float(roc_auc_score(positive, scores)), None
 
 
 def accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Fraction of slides whose arg-max class is the true class."""
-    return float(np.mean(np.argmax(probs, axis=1) == y_true))
+    return float(accuracy_score(y_true, np.argmax(probs, axis=1)))
 
 
 def balanced_accuracy(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Mean recall over the classes present in y_true (as scikit-learn)."""
-    cm = _confusion(y_true, np.argmax(probs, axis=1), probs.shape[1])
-    support = cm.sum(axis=1)
-    present = support > 0
-    return float(np.mean(np.diag(cm)[present] / support[present]))
+    """Mean recall over the classes present in y_true (predicting an absent class is no
+    warning: bootstrap resamples often lack a class)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return float(balanced_accuracy_score(y_true, np.argmax(probs, axis=1)))
 
 
 def macro_f1(y_true: np.ndarray, probs: np.ndarray) -> float:
     """Unweighted mean F1 over all C classes; a class never true nor predicted scores 0."""
-    cm = _confusion(y_true, np.argmax(probs, axis=1), probs.shape[1])
-    tp = np.diag(cm).astype(float)
-    denom = cm.sum(axis=0) + cm.sum(axis=1)  # 2 tp + fp + fn
-    f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-    return float(np.mean(f1))
+    labels = list(range(probs.shape[1]))
+    return float(
+        f1_score(y_true, np.argmax(probs, axis=1), labels=labels, average="macro", zero_division=0)
+    )
 
 
 def class_auc(k: int) -> MetricFn:
@@ -89,12 +82,24 @@ def class_auc(k: int) -> MetricFn:
     return _auc
 
 
-def auc(y_true: np.ndarray, probs: np.ndarray) -> float:
-    """Binary: AUC of the last class; C > 2: macro one-vs-rest AUC (NaN if any class is absent)."""
+def auc_detail(y_true: np.ndarray, probs: np.ndarray) -> tuple[float, str | None]:
+    """The AUC (see the module docstring) and, when it is NaN, why."""
     n_classes = probs.shape[1]
     if n_classes == 2:
-        return binary_auc(y_true == 1, probs[:, 1])[0]
-    return float(np.mean([binary_auc(y_true == k, probs[:, k])[0] for k in range(n_classes)]))
+        value, why = binary_auc(y_true == 1, probs[:, 1])
+        absent = 1 if why == "no positive slides" else 0
+        return value, why and f"AUC undefined: class {absent} absent"
+    values = [class_auc(k)(y_true, probs) for k in range(n_classes)]
+    undefined = [k for k, v in enumerate(values) if np.isnan(v)]
+    if undefined:
+        why = f"macro AUC undefined: one-vs-rest AUC undefined for classes {undefined}"
+        return float("nan"), why
+    return float(np.mean(values)), None
+
+
+def auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    """The AUC of validation and test (see the module docstring); NaN when undefined."""
+    return auc_detail(y_true, probs)[0]
 
 
 def metric_function(metric: str | MetricFn) -> MetricFn:
@@ -130,23 +135,12 @@ def classification_metrics(y_true: np.ndarray, probs: np.ndarray) -> dict:
         reasons["balanced_accuracy"] = f"averaged over the classes present (absent: {absent})"
     per_class = {}
     for k in range(n_classes):
-        value, why = binary_auc(y == k, p[:, k])
-        per_class[f"auc_{k}"] = value
+        per_class[f"auc_{k}"], why = binary_auc(y == k, p[:, k])
         if why is not None:
             reasons[f"auc_{k}"] = f"class {k} one-vs-rest AUC undefined: {why}"
-    if n_classes == 2:
-        out["auc"] = per_class["auc_1"]
-        if "auc_1" in reasons:
-            reasons["auc"] = "AUC undefined: " + (
-                "class 0 absent" if 0 in absent else "class 1 absent"
-            )
-    else:
-        undefined = [k for k in range(n_classes) if np.isnan(per_class[f"auc_{k}"])]
-        out["auc"] = float("nan") if undefined else float(np.mean(list(per_class.values())))
-        if undefined:
-            reasons["auc"] = (
-                f"macro AUC undefined: one-vs-rest AUC undefined for classes {undefined}"
-            )
+    out["auc"], why = auc_detail(y, p)
+    if why:
+        reasons["auc"] = why
     out.update(per_class)
     out["reasons"] = reasons
     return out

@@ -3,15 +3,12 @@ seed and averaged over seeds, and attention heatmaps from the seed-averaged patc
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from span.atomic import write_text_atomic
 from span.data.qc_summary import read_exclusions
 from span.data.samplesheet import load_sample_sheet
 from span.device import resolve_device
@@ -20,6 +17,7 @@ from span.h5io import open_h5, read_attrs
 from span.models import build_model
 from span.slides.qc import write_png
 from span.training.bags import Bag, FeatureStats, inspect_cohort, load_bag
+from span.training.run_files import write_predictions
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +74,7 @@ def run_prediction(
                 probs[r, b] = out.logits.float().softmax(-1).cpu().numpy()
                 patch = out.patch_scores.float().cpu().numpy() / len(run_dirs)
                 scores[bag.slide_id] = scores.get(bag.slide_id, 0) + patch
-    _write_predictions(out_csv, bags, probs, [d.name for d in run_dirs], classes)
+    write_predictions(out_csv, bags, probs, [d.name for d in run_dirs], classes)
     for slide, reason in cohort.excluded:
         log.warning("%s: no prediction (%s)", slide, reason)
     if heatmap_dir is None:
@@ -104,23 +102,3 @@ def patch_size_level0(features: Path) -> int:
     """The level-0 patch side recorded in a features file (attributes only)."""
     with open_h5(features, "re-run feature extraction for this slide") as f:
         return int(read_attrs(f)["patch_size_level0"])
-
-
-def _write_predictions(path, bags, probs, run_names, classes) -> None:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide_id", "label", "run", *(f"prob_{c}" for c in classes), "predicted"])
-    runs = [*zip(run_names, probs, strict=True), ("mean", probs.mean(axis=0))]
-    for name, table in runs:
-        for bag, row in zip(bags, table, strict=True):
-            label = "" if bag.label is None else classes[bag.label]
-            writer.writerow(
-                [
-                    bag.slide_id,
-                    label,
-                    name,
-                    *(f"{p:.6f}" for p in row),
-                    classes[int(np.argmax(row))],
-                ]
-            )
-    write_text_atomic(path, buf.getvalue())

@@ -1,15 +1,15 @@
-"""Patch encoders behind a small registry: architecture, output layers, weights, normalisation.
+"""Patch encoders built from the registry (`registry.py`): architecture, output, weights.
 
-Adding a torchvision or timm model is one `EncoderSpec` entry. Weights are `imagenet`
-(torchvision's cache, downloaded on first use), a local checkpoint (loaded with
-`weights_only=True`) or `random` (seeded, so every slide of a cohort gets the same encoder).
+ResNet-50 comes from torchvision, the pathology foundation models from timm. Weights are
+`imagenet` (ResNet-50: torchvision's cache, downloaded on first use), `hf-hub` (the model's
+Hugging Face repository, through huggingface_hub's cache), a local checkpoint (state dict or
+safetensors, recorded by sha256) or `random` (seeded, so every slide of a cohort gets the same
+encoder). A checkpoint must fit the architecture tensor by tensor.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,63 +17,97 @@ import torch
 from torch import nn
 
 from span.errors import SpanError
+from span.features.registry import (
+    ENCODERS,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    EncoderInfo,
+    weights_kinds,
+)
+from span.features.weights import (
+    fit_problem,
+    how_to_get,
+    hub_checkpoint,
+    hub_preflight,
+    load_checkpoint,
+    read_state_dict,
+    sha256_of,
+)
+
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Encoder", "build_encoder", "sha256_of"]
 
 log = logging.getLogger(__name__)
 
 #: Seed of `random` weights: identical on every machine and for every slide of a cohort.
 RANDOM_WEIGHTS_SEED = 0
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_WEIGHTS_WARNING = (
     "ENCODER WEIGHTS ARE RANDOM (seeded): features carry colour and texture statistics only; "
-    "results are NOT comparable with pretrained encoders. Use weights: imagenet or a checkpoint "
-    "for real work."
+    "results are NOT comparable with pretrained encoders. Use pretrained weights (imagenet, "
+    "hf-hub or a checkpoint) for real work."
 )
 
 
-@dataclass(frozen=True)
-class EncoderSpec:
-    """How to build one architecture and cut it at each supported output."""
+class _ResNetCut(nn.Sequential):
+    """The ResNet trunk up to one stage, then global average pooling (CLAM's layer3 cut)."""
 
-    build: Callable[[bool], nn.Module]  # pretrained -> full model
-    outputs: dict[str, tuple[Callable[[nn.Module], nn.Module], int]]  # layer -> (cut, dim)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
-    input_size: int = 224
-
-
-def _torchvision_resnet50(pretrained: bool) -> nn.Module:
-    from torchvision.models import ResNet50_Weights, resnet50
-
-    return resnet50(weights=ResNet50_Weights.IMAGENET1K_V1 if pretrained else None)
-
-
-def _resnet_trunk(model: nn.Module, last_stage: str) -> list[nn.Module]:
-    stages = ["layer1", "layer2", "layer3", "layer4"]
-    names = ["conv1", "bn1", "relu", "maxpool", *stages[: stages.index(last_stage) + 1]]
-    return [getattr(model, n) for n in names]
-
-
-def _resnet_cut(last_stage: str) -> Callable[[nn.Module], nn.Module]:
-    """The trunk up to `last_stage`, then global average pooling (CLAM's layer3 convention)."""
-
-    def cut(model: nn.Module) -> nn.Module:
-        return nn.Sequential(
-            *_resnet_trunk(model, last_stage), nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
+    def __init__(self, model: nn.Module, last_stage: str) -> None:
+        stages = ["layer1", "layer2", "layer3", "layer4"]
+        names = ["conv1", "bn1", "relu", "maxpool", *stages[: stages.index(last_stage) + 1]]
+        super().__init__(
+            *[getattr(model, n) for n in names], nn.AdaptiveAvgPool2d(1), nn.Flatten(1)
         )
 
-    return cut
+
+class ViTEmbedding(nn.Module):
+    """A timm ViT's final-norm tokens pooled as published: the class token, or the class token
+    concatenated with the mean of the patch tokens (register tokens left out)."""
+
+    def __init__(self, vit: nn.Module, pooling: str) -> None:
+        super().__init__()
+        self.vit = vit
+        self.pooling = pooling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.vit.forward_features(x)
+        cls = tokens[:, 0]
+        if self.pooling == "cls":
+            return cls
+        return torch.cat([cls, tokens[:, self.vit.num_prefix_tokens :].mean(1)], dim=1)
 
 
-ENCODERS: dict[str, EncoderSpec] = {
-    "resnet50": EncoderSpec(
-        build=_torchvision_resnet50,
-        outputs={
-            "penultimate": (_resnet_cut("layer4"), 2048),
-            "layer3": (_resnet_cut("layer3"), 1024),
-        },
-    ),
-}
+def build_architecture(info: EncoderInfo, imagenet: bool = False) -> nn.Module:
+    """The full model with freshly initialised (or torchvision ImageNet) weights."""
+    if info.family == "torchvision":
+        from torchvision import models
+
+        weights = models.get_model_weights(info.arch).DEFAULT if imagenet else None
+        return models.get_model(info.arch, weights=weights)
+    import timm
+
+    extra = {}
+    if info.swiglu:
+        extra = {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": nn.SiLU}
+    kwargs = {**info.kwargs, **extra, "global_pool": "", "num_classes": 0}
+    return timm.create_model(info.arch, pretrained=False, **kwargs)
+
+
+def cut(info: EncoderInfo, layer: str, model: nn.Module) -> nn.Module:
+    """The part of `model` that computes output `layer`."""
+    pooling = info.outputs[layer].pooling
+    if info.family == "torchvision":
+        return _ResNetCut(model, pooling)
+    return ViTEmbedding(model, pooling)
+
+
+def library_version(info: EncoderInfo) -> str:
+    """The library that builds the architecture, with its version (recorded with features)."""
+    if info.family == "torchvision":
+        import torchvision
+
+        return f"torchvision {torchvision.__version__}"
+    import timm
+
+    return f"timm {timm.__version__}"
 
 
 @dataclass
@@ -84,65 +118,54 @@ class Encoder:
     name: str
     layer: str
     feature_dim: int
-    weights: str  # "imagenet", "random" or "sha256:<hex>"
+    weights: str  # "imagenet", "random", "sha256:<hex>" or "hf-hub:<repo>@<commit>/<file>"
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    input_size: int
+    input_size: int  # side the encoder sees (after the centre crop)
+    resize_to: int = 224  # side a patch is resized to before the crop
+    version: str = ""  # e.g. "timm 1.0.31"
+    mpp: float | None = None  # um/px the weights were trained at, when published
+    amp_dtype: str = "float16"
 
 
-def encoder_spec(name: str, layer: str) -> EncoderSpec:
-    """The registry entry, with a clear error for unknown names or layers."""
+def encoder_spec(name: str, layer: str | None) -> tuple[EncoderInfo, str]:
+    """The registry entry and the output (its default when `layer` is None), or a clear error."""
     if name not in ENCODERS:
-        raise SpanError(None, f"unknown encoder {name!r}", f"choose one of {sorted(ENCODERS)}")
-    spec = ENCODERS[name]
-    if layer not in spec.outputs:
+        raise SpanError(None, f"unknown encoder {name!r}", f"choose one of {', '.join(ENCODERS)}")
+    info = ENCODERS[name]
+    layer = layer or info.default_output
+    if layer not in info.outputs:
         raise SpanError(
-            None, f"{name} has no output {layer!r}", f"choose one of {sorted(spec.outputs)}"
+            None, f"{name} has no output {layer!r}", f"choose one of {', '.join(info.outputs)}"
         )
-    return spec
+    return info, layer
 
 
-def sha256_of(path: Path) -> str:
-    """Hex digest of a file, read in blocks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+def check_weights_kind(info: EncoderInfo, weights: str) -> None:
+    """`imagenet` and `hf-hub` only for encoders that have them (anything else is a path)."""
+    if weights == "imagenet":
+        ok = info.imagenet
+    elif weights == "hf-hub":
+        ok = info.hub_repo is not None
+    elif weights.startswith("hf-hub:"):
+        ok = info.family == "timm"
+    else:
+        return
+    if not ok:
+        raise SpanError(
+            None,
+            f"{info.name} has no {weights} weights",
+            f"use one of {', '.join(weights_kinds(info))} or a local checkpoint path",
+        )
 
 
-def _load_checkpoint(model: nn.Module, used: nn.Module, path: Path) -> None:
-    """Load a local state dict into `model`; every parameter of the `used` part must be in it."""
-    fix = "point features.weights at a state dict of this architecture (or use imagenet/random)"
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for foreign or damaged files
-        raise SpanError(path, f"cannot load checkpoint ({type(exc).__name__}: {exc})", fix) from exc
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise SpanError(path, "checkpoint is not a state dict", fix)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    used_keys = {id(p) for p in [*used.parameters(), *used.buffers()]}
-    named = {**dict(model.named_parameters()), **dict(model.named_buffers())}
-    needed = {k for k, t in named.items() if id(t) in used_keys}
-    missing = sorted(needed - state.keys())
-    if missing:
-        raise SpanError(path, f"checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}", fix)
-    try:
-        model.load_state_dict({k: v for k, v in state.items() if k in needed}, strict=False)
-    except RuntimeError as exc:
-        raise SpanError(path, f"checkpoint does not fit ({str(exc).splitlines()[0]})", fix) from exc
-
-
-def build_encoder(name: str, layer: str, weights: str) -> Encoder:
-    """Build an encoder in eval mode; `weights` is imagenet, random, or a checkpoint path."""
-    spec = encoder_spec(name, layer)
-    cut, dim = spec.outputs[layer]
+def build_encoder(name: str, layer: str | None, weights: str) -> Encoder:
+    """Build an encoder in eval mode; `weights` is imagenet, hf-hub[:repo], random or a path."""
+    info, layer = encoder_spec(name, layer)
+    check_weights_kind(info, weights)
     if weights == "imagenet":
         try:
-            model = spec.build(True)
+            model = build_architecture(info, imagenet=True)
         except Exception as exc:  # no network, proxy, or damaged cache
             raise SpanError(
                 None,
@@ -155,24 +178,60 @@ def build_encoder(name: str, layer: str, weights: str) -> Encoder:
         log.warning(RANDOM_WEIGHTS_WARNING)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(RANDOM_WEIGHTS_SEED)
-            model = spec.build(False)
+            model = build_architecture(info)
         weights_id = "random"
+    else:
+        if weights.startswith("hf-hub"):
+            path, weights_id = hub_checkpoint(info, weights)
+        else:
+            path = Path(weights)
+            if not path.is_file():
+                raise SpanError(
+                    path,
+                    "checkpoint not found",
+                    f"set features.weights to {', '.join(weights_kinds(info))} or a file",
+                )
+            weights_id = f"sha256:{sha256_of(path)}"
+        model = build_architecture(info)
+        load_checkpoint(info, model, cut(info, layer, model), path)
+    return Encoder(
+        model=cut(info, layer, model).eval(),
+        name=name,
+        layer=layer,
+        feature_dim=info.outputs[layer].dim,
+        weights=weights_id,
+        mean=info.mean,
+        std=info.std,
+        input_size=info.input_size,
+        resize_to=info.resize_to,
+        version=library_version(info),
+        mpp=info.mpp,
+        amp_dtype=info.amp_dtype,
+    )
+
+
+def preflight(name: str, layer: str | None, weights: str) -> None:
+    """Check, without computing, that the weights can be had and fit the architecture: the
+    model is built on the meta device (no memory), a local or cached checkpoint is read lazily,
+    and an uncached hub checkpoint is only checked for access."""
+    info, layer = encoder_spec(name, layer)
+    check_weights_kind(info, weights)
+    if weights in ("imagenet", "random"):
+        return
+    if weights.startswith("hf-hub"):
+        path = hub_preflight(info, weights)
+        if path is None:
+            return
     else:
         path = Path(weights)
         if not path.is_file():
-            raise SpanError(
-                path, "checkpoint not found", "set features.weights to imagenet, random or a file"
-            )
-        model = spec.build(False)
-        _load_checkpoint(model, cut(model), path)
-        weights_id = f"sha256:{sha256_of(path)}"
-    return Encoder(
-        model=cut(model).eval(),
-        name=name,
-        layer=layer,
-        feature_dim=dim,
-        weights=weights_id,
-        mean=spec.mean,
-        std=spec.std,
-        input_size=spec.input_size,
+            raise SpanError(path, "checkpoint not found", how_to_get(info))
+    with torch.device("meta"):
+        model = build_architecture(info)
+    problem = fit_problem(
+        model,
+        cut(info, layer, model),
+        read_state_dict(path, how_to_get(info), info.layout, shapes_only=True),
     )
+    if problem:
+        raise SpanError(path, f"not a {name} checkpoint: {problem}", how_to_get(info))

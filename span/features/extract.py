@@ -28,28 +28,31 @@ from span.features.encoders import Encoder
 from span.features.feature_file import FEATURE_DTYPES
 from span.features.tiles import SlideTiles, worker_init
 from span.h5io import write_attrs
+from span.settings.stages import ExtractSettings, tile_workers
 from span.slides.patch_file import PatchSet, read_patch_file
 from span.slides.reader import open_slide
 
 log = logging.getLogger(__name__)
+_DEFAULT = ExtractSettings()
 
 
 @dataclass(frozen=True)
 class ExtractOptions:
     """Throughput and storage settings (none of them changes the features beyond rounding)."""
 
-    batch_size: int = 32
-    num_workers: int = 1
-    dtype: str = "float32"
-    device: str = "auto"
-    amp: bool = True  # CUDA only
-    flush_every: int = 256
+    batch_size: int = _DEFAULT.batch_size
+    num_workers: int | str = _DEFAULT.num_workers  # a count or "auto" (`tile_workers`)
+    dtype: str = _DEFAULT.dtype
+    device: str = _DEFAULT.device
+    amp: bool = _DEFAULT.amp  # CUDA only
+    flush_every: int = _DEFAULT.flush_every
 
     def __post_init__(self) -> None:
         if self.dtype not in FEATURE_DTYPES:
             raise ValueError(f"dtype must be one of {sorted(FEATURE_DTYPES)}")
-        if self.batch_size < 1 or self.num_workers < 0 or self.flush_every < 1:
-            raise ValueError("batch_size and flush_every must be >= 1, num_workers >= 0")
+        workers_ok = self.num_workers == "auto" or int(self.num_workers) >= 0
+        if self.batch_size < 1 or not workers_ok or self.flush_every < 1:
+            raise ValueError("batch_size and flush_every must be >= 1, num_workers >= 0 or auto")
 
 
 def partial_path(out: Path) -> Path:
@@ -65,7 +68,13 @@ def _fingerprint(slide: Path, patches: PatchSet, encoder: Encoder, dtype: str) -
             "slide": [str(slide.resolve()), stat.st_size, stat.st_mtime_ns],
             "coords": hashlib.sha1(np.ascontiguousarray(patches.coords).tobytes()).hexdigest(),
             "read": [patches.attrs["patch_level"], patches.attrs["patch_size"]],
-            "encoder": [encoder.name, encoder.layer, encoder.weights, encoder.input_size],
+            "encoder": [
+                encoder.name,
+                encoder.layer,
+                encoder.weights,
+                encoder.resize_to,
+                encoder.input_size,
+            ],
             "dtype": dtype,
         },
         sort_keys=True,
@@ -165,12 +174,14 @@ class PartialFeatures:
 def encode_tiles(
     encoder: Encoder, tiles: torch.Tensor, device: torch.device, amp: bool
 ) -> torch.Tensor:
-    """uint8 (B, H, W, 3) tiles -> float32 (B, D) features."""
+    """uint8 (B, H, W, 3) tiles -> float32 (B, D) features (autocast to the encoder's AMP
+    dtype on CUDA only)."""
     mean = torch.tensor(encoder.mean, device=device).view(1, 3, 1, 1) * 255
     std = torch.tensor(encoder.std, device=device).view(1, 3, 1, 1) * 255
     x = tiles.to(device, non_blocking=True).permute(0, 3, 1, 2).float()
     x = ((x - mean) / std).contiguous(memory_format=torch.channels_last)
-    with torch.autocast("cuda", dtype=torch.float16, enabled=amp and device.type == "cuda"):
+    autocast = amp and device.type == "cuda" and encoder.amp_dtype != "float32"
+    with torch.autocast("cuda", dtype=getattr(torch, encoder.amp_dtype), enabled=autocast):
         return encoder.model(x).float()
 
 
@@ -187,6 +198,7 @@ def extract_slide(
     patches = read_patch_file(patch_file)
     n, slide_id = len(patches), patches.attrs.get("slide_id", out.stem)
     open_slide(slide_path).close()  # a missing, unreadable or damaged file: one clear line
+    _warn_magnification(encoder, patches, slide_id)
     device = resolve_device(options.device)
     flush_every = max(1, options.flush_every // options.batch_size) * options.batch_size
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -205,6 +217,7 @@ def extract_slide(
             "layer": encoder.layer,
             "feature_dim": encoder.feature_dim,
             "weights": encoder.weights,
+            "encoder_version": encoder.version,
             "dtype": options.dtype,
             "device": device.type,
             "source": "extracted",
@@ -227,6 +240,20 @@ def extract_slide(
     return bad
 
 
+def _warn_magnification(encoder: Encoder, patches: PatchSet, slide_id: str) -> None:
+    """Say so when the patches are not at the resolution the encoder's weights were trained at."""
+    target = patches.attrs.get("target_mpp")
+    if encoder.mpp and target and abs(float(target) / encoder.mpp - 1) > 0.05:
+        log.warning(
+            "%s: patches are at %.3g um/px but %s was trained at %.3g um/px (set "
+            "patching.target_mpp to match)",
+            slide_id,
+            float(target),
+            encoder.name,
+            encoder.mpp,
+        )
+
+
 def _encode_remaining(
     slide_path: Path,
     patches: PatchSet,
@@ -241,27 +268,29 @@ def _encode_remaining(
     if start >= n:  # complete already, or no patches at all: no reader workers to start
         return
     slide_id = patches.attrs.get("slide_id", slide_path.stem)
+    workers = tile_workers(options.num_workers, n - start)
     encoder.model.to(device).to(memory_format=torch.channels_last)
     dataset = SlideTiles(
         slide_path,
         patches.coords,
         patches.attrs["patch_level"],
         patches.attrs["patch_size"],
-        encoder.input_size,
+        encoder.resize_to,
         start=start,
+        crop_size=encoder.input_size,
     )
     loader = DataLoader(
         dataset,
         batch_size=options.batch_size,
-        num_workers=options.num_workers,
-        worker_init_fn=worker_init if options.num_workers else None,
+        num_workers=workers,
+        worker_init_fn=worker_init if workers else None,
         # A fresh process, not a fork: OpenCV's and OpenMP's thread pools do not survive
         # fork (a forked worker can hang on its first cv2 call). Spawned, not forkserver'd: a
         # worker must be this process's child to die with it (worker_init); a forkserver's
         # child kept itself and the forkserver alive after a kill -9 of this process.
-        multiprocessing_context="spawn" if options.num_workers else None,
+        multiprocessing_context="spawn" if workers else None,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if options.num_workers else None,
+        prefetch_factor=4 if workers else None,
     )
     feats, oks = [], []
     pending_from = start

@@ -25,7 +25,9 @@ log = logging.getLogger(__name__)
 
 
 class SlideTiles(Dataset):
-    """Patches `start..` of a slide as uint8 (size, size, 3) tiles, with index and success flag."""
+    """Patches `start..` of a slide as uint8 (crop, crop, 3) tiles, with index and success flag:
+    each read at its level, resized to `out_size`, then centre-cropped to `crop_size` (the
+    encoder's published transform; no crop by default)."""
 
     def __init__(
         self,
@@ -35,6 +37,7 @@ class SlideTiles(Dataset):
         read_size: int,
         out_size: int,
         start: int = 0,
+        crop_size: int | None = None,
     ) -> None:
         self.slide_path = str(slide_path)
         self.coords = np.asarray(coords, np.int64)
@@ -42,6 +45,9 @@ class SlideTiles(Dataset):
         self.read_size = int(read_size)
         self.out_size = int(out_size)
         self.start = int(start)
+        self.crop_size = int(crop_size or out_size)
+        if self.crop_size > self.out_size:
+            raise ValueError(f"crop {self.crop_size} larger than the resized tile {out_size}")
         self._slide: openslide.OpenSlide | None = None
         self._pid: int | None = None
 
@@ -57,7 +63,7 @@ class SlideTiles(Dataset):
         return self._slide
 
     def read_tile(self, index: int, fresh: bool = False) -> np.ndarray:
-        """One patch, read at its level and resized to the encoder's input size."""
+        """One patch, read at its level, resized and centre-cropped to the encoder's input."""
         x, y = self.coords[index]
         size = (self.read_size, self.read_size)
         rgb = rgba_to_rgb(np.asarray(self._handle(fresh).read_region((x, y), self.level, size)))
@@ -65,6 +71,9 @@ class SlideTiles(Dataset):
             shrink = self.read_size > self.out_size
             interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
             rgb = cv2.resize(rgb, (self.out_size, self.out_size), interpolation=interp)
+        if self.crop_size != self.out_size:
+            top = (self.out_size - self.crop_size) // 2
+            rgb = np.ascontiguousarray(rgb[top : top + self.crop_size, top : top + self.crop_size])
         return rgb
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:
@@ -82,7 +91,7 @@ class SlideTiles(Dataset):
                     "; retrying" if attempt == 0 else "; left out of the bag",
                 )
                 self._slide = None  # the handle is in an error state; reopen on next use
-        blank = torch.zeros((self.out_size, self.out_size, 3), dtype=torch.uint8)
+        blank = torch.zeros((self.crop_size, self.crop_size, 3), dtype=torch.uint8)
         return blank, index, False
 
 

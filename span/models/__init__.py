@@ -1,8 +1,8 @@
 """Slide-level models behind one contract (`span.models.base`), built by name.
 
 `build_model(name, in_dim, n_classes, **hparams)`; `MODELS` (from the torch-free
-`span.models.registry`) lists the registered names. Importing this package does not import
-torch: the model modules load when a model is built.
+`span.models.registry`) holds each registered name's display name and class. Importing this
+package does not import torch: the model modules load when a model is built.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ def model_class(name: str) -> type:
     """The class registered under `name` (imports its module)."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    module, cls = MODELS[name].split(":")
+    module, cls = MODELS[name].class_path.split(":")
     return getattr(importlib.import_module(module), cls)
 
 

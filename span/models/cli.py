@@ -24,6 +24,13 @@ def _models(args: argparse.Namespace) -> None:
 def register(stages: argparse._SubParsersAction) -> None:
     """Add `span models`."""
     p = stages.add_parser("models", help="list the models and their trainable parameter counts")
-    p.add_argument("--in-dim", type=int, nargs="+", default=[1024, 2048])
+    p.add_argument(
+        "--in-dim",
+        type=int,
+        nargs="+",
+        default=[1024, 1536, 2048, 2560],
+        help="feature widths (ResNet50 layer3/UNI 1024, UNI2-h/H-optimus/GigaPath 1536, "
+        "ResNet50 2048, Virchow2 2560)",
+    )
     p.add_argument("--classes", type=int, default=2)
     p.set_defaults(func=_models)

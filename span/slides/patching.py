@@ -13,6 +13,7 @@ import openslide
 
 import span
 from span.errors import SpanError
+from span.settings.stages import PatchSettings
 from span.slides.grid import cell_tissue_fraction, grid_cells, grid_to_coords, select_cells
 from span.slides.patch_file import PatchSet, write_patch_file
 from span.slides.qc import render_qc, write_png
@@ -20,6 +21,7 @@ from span.slides.reader import open_slide, read_downsampled, slide_resolution
 from span.slides.segmentation import SegmentationParams, segment_tissue
 
 log = logging.getLogger(__name__)
+_DEFAULT = PatchSettings()
 
 #: Minimum mask pixels per grid-cell side, so tissue fractions have some resolution.
 MIN_CELL_PX = 4
@@ -29,11 +31,11 @@ MIN_CELL_PX = 4
 class PatchingParams:
     """What the slide stage depends on (all of it comes from the rule's params)."""
 
-    target_mpp: float = 0.5
-    patch_size: int = 224
-    min_tissue_fraction: float = 0.25
-    fallback_mpp: float | None = None
-    qc_max_side: int = 1600
+    target_mpp: float = _DEFAULT.target_mpp
+    patch_size: int = _DEFAULT.patch_size
+    min_tissue_fraction: float = _DEFAULT.min_tissue_fraction
+    fallback_mpp: float | None = _DEFAULT.fallback_mpp
+    qc_max_side: int = _DEFAULT.qc_max_side
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
 
     def __post_init__(self) -> None:

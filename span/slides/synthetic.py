@@ -18,7 +18,7 @@ import numpy as np
 
 from span.atomic import write_text_atomic
 from span.slides.tiff_writer import write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
-from span.synthetic import DEMO_CLASSES, DEMO_SLIDES
+from span.synthetic import DEMO_CLASSES, DEMO_LABELS, DEMO_SLIDES
 
 # Layout (tissue outline, holes, tumour islands) is drawn on a coarse grid with this spacing, so
 # the same seed gives the same tissue at 20x and 40x; it is upsampled to the render resolution.
@@ -697,26 +697,23 @@ def make_demo_slide(
     slide_id: str,
     label: str,
     seed: int = 42,
-    arrangement: str | None = None,
 ) -> dict:
-    """Render and write one demo slide of class `label` (3-level pyramidal TIFF); return the
-    options and stats. `arrangement` ("clumped" or "scattered") places a tumour slide's
-    tumour as whole patch cells, for cohorts whose label is the arrangement alone."""
-    if label not in DEMO_CLASSES:
-        raise ValueError(f"demo label must be one of {DEMO_CLASSES}, got {label!r}")
-    if arrangement is not None and label != "tumor":
-        raise ValueError(f"an arrangement places tumour: label {label!r} has none")
+    """Render and write one demo slide (3-level pyramidal TIFF); return the options and stats.
+    `label` is normal (no tumour), tumor (tumour islands) or a demo class: the tumour as whole
+    patch cells, scattered or clumped (`DEMO_LABELS`)."""
+    if label not in DEMO_LABELS:
+        raise ValueError(f"demo label must be one of {DEMO_LABELS}, got {label!r}")
     opts = demo_slide_options(slide_id, seed)
     image, tissue, tumour_mask, pen_mask = render_tissue(
         opts["height_um"],
         opts["width_um"],
         opts["mpp"],
-        tumour=label == "tumor",
+        tumour=label != "normal",
         seed=opts["render_seed"],
         pen=opts["pen"],
         dust=opts["dust"],
         tissue_fraction=opts["tissue_fraction_target"],
-        arrangement=arrangement,
+        arrangement=label if label in DEMO_CLASSES else None,
     )
     out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
     px_area = opts["mpp"] ** 2

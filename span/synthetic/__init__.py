@@ -4,7 +4,11 @@ benchmark's tasks (names here, importable without numpy; the generators in submo
 #: The spatial tasks, importable without numpy (command-line choices); `layouts.TASKS` has them.
 TASK_NAMES = ("clumped", "interface", "distance")
 
-#: Classes of the demo cohort, in slide order: no tumour, or tumour-like islands.
-DEMO_CLASSES = ("normal", "tumor")
+#: Classes of the demo cohort, in slide order: the same share of tumour-like patch cells,
+#: scattered one by one or in compact clumps, so that only their arrangement tells them apart.
+DEMO_CLASSES = ("scattered", "clumped")
+#: What a demo slide can show: no tumour, tumour islands, or tumour cells arranged as in a
+#: demo class (`span demo-slide --label`).
+DEMO_LABELS = ("normal", "tumor", *DEMO_CLASSES)
 #: Slides in the demo cohort.
-DEMO_SLIDES = 16
+DEMO_SLIDES = 64

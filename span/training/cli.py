@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from span.settings.options import add_options, values_for
+from span.settings.stages import TrainSettings
+
 
 def _train(args: argparse.Namespace) -> None:
     import torch
@@ -14,23 +17,11 @@ def _train(args: argparse.Namespace) -> None:
     from span.training.run import run_training
     from span.training.trainer import TrainConfig
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     try:
         hparams = json.loads(args.hparams)
-        config = TrainConfig(
-            epochs=args.epochs,
-            patience=args.patience,
-            min_epochs=args.min_epochs,
-            lr=args.lr,
-            weight_decay=args.weight_decay,
-            class_weighted=args.class_weighted,
-            cosine=args.cosine,
-            warmup_epochs=args.warmup_epochs,
-            standardize=args.standardize,
-            augment=Augmentation(args.flips, args.translate, args.patch_drop),
-            seed=args.seed,
-        )
+        augment = Augmentation(**values_for(Augmentation, args))
+        config = TrainConfig(**values_for(TrainConfig, args), augment=augment)
     except json.JSONDecodeError as exc:
         args.parser.error(f"--hparams is not JSON: {exc}")
     except ValueError as exc:
@@ -65,47 +56,7 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--hparams", default="{}", help="JSON object of model hyperparameters")
     p.add_argument("--variant", help="name of this variant in reports (default: the model)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--patience", type=int, default=10)
-    p.add_argument(
-        "--min-epochs", type=int, default=0, help="no early stop before this epoch (default 0)"
-    )
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", type=float, default=5e-5)
-    p.add_argument("--class-weighted", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--cosine", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument(
-        "--warmup-epochs",
-        type=float,
-        default=0.0,
-        help="linear learning-rate warm-up over this many epochs (per step)",
-    )
-    p.add_argument(
-        "--flips",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="augment: one of the 8 rotations/reflections of the grid per step",
-    )
-    p.add_argument(
-        "--translate",
-        type=int,
-        default=8,
-        help="augment: shift the grid by 0..N-1 cells per axis per step (0 = off)",
-    )
-    p.add_argument(
-        "--patch-drop",
-        type=float,
-        default=0.0,
-        help="augment: share of a slide's patches left out per step",
-    )
-    p.add_argument(
-        "--standardize",
-        action=argparse.BooleanOptionalAction,
-        default=False,
-        help="z-score every feature dimension with the training slides' mean and std",
-    )
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    add_options(p, TrainSettings)
     p.add_argument("--add-runtime-of", help="metrics.json whose runtime is added (MHIM teacher)")
     p.add_argument("--out", required=True, help="folder for this run's outputs")
     p.set_defaults(func=_train, parser=p)

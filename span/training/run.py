@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import asdict
 from pathlib import Path
@@ -16,14 +15,14 @@ from span.errors import SpanError
 from span.memory import reduce_heap_fragmentation
 from span.models import build_model
 from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
-from span.training.trainer import (
-    TrainConfig,
-    predict,
-    seed_everything,
-    train_model,
-    write_json,
-    write_predictions,
+from span.training.run_files import (
+    METRICS_JSON,
+    TEST_PREDICTIONS_CSV,
+    read_run_metrics,
+    write_run_metrics,
+    write_test_predictions,
 )
+from span.training.trainer import TrainConfig, predict, seed_everything, train_model
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +112,7 @@ def run_training(
         torch.load(out_dir / "checkpoint.pt", map_location=dev, weights_only=True)
     )
     probs = predict(model, sets["test"], cohort.feature_dim, dev, stats)
-    write_predictions(out_dir / "test_predictions.csv", sets["test"], probs, classes)
+    write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, sets["test"], probs, classes)
     metrics = {
         "model": model_name,
         "variant": variant,
@@ -132,11 +131,11 @@ def run_training(
         **summary,
     }
     if add_runtime_of is not None:
-        other = json.loads(Path(add_runtime_of).read_text())
+        other = read_run_metrics(add_runtime_of)
         metrics["runtime_per_epoch_s"] += other["runtime_per_epoch_s"]
         metrics["runtime_note"] = (
             f"includes training its teacher ({other['variant']}, same seed): "
             f"{other['runtime_per_epoch_s']:.2f} s per epoch, as in the paper"
         )
-    write_json(out_dir / "metrics.json", metrics)
+    write_run_metrics(out_dir / METRICS_JSON, metrics)
     return metrics

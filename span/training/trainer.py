@@ -1,5 +1,5 @@
-"""Training one model variant with one seed: AdamW, early stopping on validation AUC, the
-best checkpoint, per-epoch history, test predictions and run metrics.
+"""Training one model variant with one seed: AdamW, early stopping on validation AUC (the
+report's, `span.evaluation.metrics.auc`), the best checkpoint and per-epoch history.
 
 The loop has no model-specific branch: everything a method needs happens behind the model
 contract (`loss`, `after_step`, `clip_gradients`).
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import math
 import time
@@ -19,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from span.atomic import atomic_output, write_text_atomic
+from span.evaluation.metrics import auc
 from span.memory import peak_rss_mb, reset_peak_rss
 from span.models.base import MILModel
 from span.training.augment import Augmentation
@@ -63,17 +62,6 @@ def seed_everything(seed: int) -> None:
     deterministic kernels."""
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
-
-
-def macro_auc(labels: np.ndarray, probs: np.ndarray) -> float:
-    """Validation AUC: binary (last class positive) or macro one-vs-rest; NaN if undefined."""
-    if len(np.unique(labels)) < 2:
-        return math.nan
-    if probs.shape[1] == 2:
-        return float(roc_auc_score(labels, probs[:, 1]))
-    present = np.unique(labels)
-    scores = [roc_auc_score(labels == c, probs[:, c]) for c in present]
-    return float(np.mean(scores))
 
 
 @torch.no_grad()
@@ -148,6 +136,9 @@ def train_model(
         [p for p in model.parameters() if p.requires_grad],
         lr=config.lr,
         weight_decay=config.weight_decay,
+        # One fused kernel instead of a dozen per parameter: on CPU 5x faster (4.6 against
+        # 23 ms a step for SPAN's 5.5M weights on one core), which a small slide's step feels.
+        fused=device.type in ("cpu", "cuda") or None,
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimiser, lambda step: config.lr_factor(step, len(train_bags))
@@ -194,10 +185,17 @@ def train_model(
             if len(val_bags)
             else math.nan
         )
-        auc = macro_auc(val_labels, probs) if len(val_bags) else math.nan
+        val_auc = auc(val_labels, probs) if len(val_bags) else math.nan
         acc = float((probs.argmax(1) == val_labels).mean()) if len(val_bags) else math.nan
         record = EpochRecord(
-            epoch, float(np.mean(losses)), val_loss, auc, acc, lr, t1 - t0, time.perf_counter() - t1
+            epoch,
+            float(np.mean(losses)),
+            val_loss,
+            val_auc,
+            acc,
+            lr,
+            t1 - t0,
+            time.perf_counter() - t1,
         )
         history.append(record)
         log.info(
@@ -205,11 +203,11 @@ def train_model(
             epoch,
             record.train_loss,
             val_loss,
-            auc,
+            val_auc,
             acc,
         )
-        if not val_bags or _is_better(auc, val_loss, best):
-            best, best_epoch, stale = (auc, val_loss), epoch, 0
+        if not val_bags or _is_better(val_auc, val_loss, best):
+            best, best_epoch, stale = (val_auc, val_loss), epoch, 0
             with atomic_output(out_dir / "checkpoint.pt") as tmp:
                 torch.save(model.state_dict(), tmp)
         else:
@@ -241,19 +239,3 @@ def _write_history(path: Path, history: list[EpochRecord]) -> None:
     writer.writeheader()
     writer.writerows(asdict(r) for r in history)
     write_text_atomic(path, buf.getvalue())
-
-
-def write_predictions(path: Path, bags: list[Bag], probs: np.ndarray, classes: list[str]) -> None:
-    """`slide_id, label, prob_<class>...` for the given slides (label empty when unknown)."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["slide_id", "label", *(f"prob_{c}" for c in classes)])
-    for bag, row in zip(bags, probs, strict=True):
-        label = "" if bag.label is None else classes[bag.label]
-        writer.writerow([bag.slide_id, label, *(f"{p:.6f}" for p in row)])
-    write_text_atomic(path, buf.getvalue())
-
-
-def write_json(path: Path, data: dict) -> None:
-    """Pretty JSON, atomically."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")

@@ -1,5 +1,6 @@
 # Start-up checks and helpers shared by all rules: config and sample-sheet validation,
-# missing-input report, and the mapping from config sections to `span` CLI options.
+# missing-input report, and the mapping from config sections to `span` CLI options (declared
+# once, in span/settings/stages.py).
 
 import hashlib
 import json
@@ -12,6 +13,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod, ExecMode
 from snakemake.utils import validate
+import yaml
 
 # The span package is imported from this checkout, here and in every job's shell, with or
 # without --use-conda (the conda envs hold only its dependencies): rules run `python -m span`.
@@ -26,6 +28,11 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; {_python_path}
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
 from span.models.registry import MODELS as MODEL_NAMES
+from span.settings.options import cli_options, declared
+from span.settings.stages import (
+    SECTIONS, EncoderSettings, ExclusionSettings, ExtractSettings, ImportSettings, PatchSettings,
+    SplitSettings, TrainSettings,
+)
 
 
 def _schema_error(exc):
@@ -40,6 +47,24 @@ def _schema_error(exc):
         what = f"{what.split(' does not match ')[0]} is not valid; use {allowed.group(1)}"
     return f"{key or 'config'}: {what}"
 
+
+def _check_options():
+    """Every key of a stage section of the schema is an option of span/settings/stages.py, so
+    it reaches its command: a key without one fails here, not inside a job."""
+    with open(os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml")) as f:
+        schema = yaml.safe_load(f)["properties"]
+    for section, classes in SECTIONS.items():
+        options = {d.name for cls in classes for d in declared(cls)}
+        for key in schema[section]["properties"]:
+            if key not in options:
+                raise WorkflowError(
+                    f"config schema key {section}.{key} is not declared in span/settings/"
+                    f"stages.py (one of {', '.join(c.__name__ for c in classes)}), so no command "
+                    "takes it; declare it there (docs/architecture.md, \"Adding an option\")."
+                )
+
+
+_check_options()
 
 try:
     validate(config, "../schemas/config.schema.yaml")
@@ -78,6 +103,39 @@ def _check_devices():
 
 
 _check_devices()
+
+
+def _check_encoder():
+    """features.encoder, layer and weights against the torch-free registry (a null layer becomes
+    the encoder's published output); a checkpoint or hub weights are also checked to be had and
+    to fit, by `span encoders --check` (skipped inside jobs and where torch is missing)."""
+    from span.features.registry import ENCODERS, weights_kinds
+
+    feats = config["features"]
+    info = ENCODERS.get(feats["encoder"])
+    if info is None:
+        raise WorkflowError(f"invalid config, features.encoder: unknown encoder "
+                            f"{feats['encoder']!r}; choose one of {', '.join(ENCODERS)}")
+    feats["layer"] = feats["layer"] or info.default_output
+    if feats["layer"] not in info.outputs:
+        raise WorkflowError(f"invalid config, features.layer: {info.name} has no output "
+                            f"{feats['layer']!r}; choose one of {', '.join(info.outputs)} "
+                            f"(or null: {info.default_output})")
+    weights = feats["weights"]
+    if weights in ("imagenet", "hf-hub") and weights not in weights_kinds(info):
+        raise WorkflowError(f"invalid config, features.weights: {info.name} has no {weights} "
+                            f"weights; use {', '.join(weights_kinds(info))} or a checkpoint path")
+    if weights in ("random", "imagenet") or workflow.exec_mode != ExecMode.DEFAULT:
+        return
+    check = [sys.executable, "-m", "span", "encoders", "--check",
+             *shlex.split(cli_options(feats, EncoderSettings))]
+    found = subprocess.run(check, capture_output=True, text=True)
+    if found.returncode and "No module named" not in found.stderr:
+        line = found.stderr.strip().splitlines()[-1].partition("ERROR span: ")[2]
+        raise WorkflowError(f"invalid config, features.weights: {line or found.stderr.strip()}")
+
+
+_check_encoder()
 
 COHORT = config["cohort"]
 RESULTS = f"results/{COHORT}"
@@ -132,16 +190,13 @@ SPLIT_PLAN = hashlib.sha1(
     ).encode()
 ).hexdigest()
 
-# Keys of the features section for imported files (`span import-features` options without the
-# prefix), not for extraction.
-IMPORT_KEYS = ("import_patch_size_level0", "import_encoder", "import_layer")
-
-# Options that change speed, never results: the shell command gets them as the string resource
-# `span_runtime` (from RUNTIME), not from `params`, because Snakemake re-runs a job whose
-# params changed (and string resources are not passed on to cluster jobs, which recompute them).
+# Options that change speed, never results (declared `speed_only`): the shell command gets them
+# as the string resource `span_runtime` (from RUNTIME), not from `params`, because Snakemake
+# re-runs a job whose params changed (and string resources are not passed on to cluster jobs,
+# which recompute them).
 RUNTIME_KEYS = {
-    "features": ("device", "batch_size", "num_workers", "flush_every", "threads"),
-    "training": ("device", "threads"),
+    section: tuple(d.name for d in declared(settings) if d.option.speed_only)
+    for section, settings in (("features", ExtractSettings), ("training", TrainSettings))
 }
 
 
@@ -247,7 +302,9 @@ def train_hparams(w):
 def train_options(w):
     """`span train` options: the training section, with the variant's own overrides."""
     variant = EXPERIMENTS[w.experiment][w.variant]
-    return cli_options({**config["training"], **variant["training"]}, skip=RUNTIME_KEYS["training"])
+    return cli_options(
+        {**config["training"], **variant["training"]}, TrainSettings, skip=RUNTIME_KEYS["training"]
+    )
 
 
 def evaluation_runs(w):
@@ -272,26 +329,16 @@ def sweep_values(w):
     return shlex.quote(json.dumps(values, sort_keys=True))
 
 
-def cli_options(section, skip=()):
-    """Config section -> `--key value` options of a span subcommand (None = not passed)."""
-    words = []
-    for key, value in section.items():
-        if key in skip or value is None:
-            continue
-        name = key.replace("_", "-")
-        if isinstance(value, bool):
-            words.append(f"--{name}" if value else f"--no-{name}")
-        else:
-            words += [f"--{name}", shlex.quote(str(value))]
-    return " ".join(words)
-
-
-def runtime_options(section):
+def runtime_options(section, settings):
     """The `--key value` options of a section's speed-only keys (threads go by `threads:`)."""
-    return cli_options({k: config[section][k] for k in RUNTIME_KEYS[section] if k != "threads"})
+    speed = {k: config[section][k] for k in RUNTIME_KEYS[section] if k != "threads"}
+    return cli_options(speed, settings)
 
 
-RUNTIME = {"extract": runtime_options("features"), "train": runtime_options("training")}
+RUNTIME = {
+    "extract": runtime_options("features", ExtractSettings),
+    "train": runtime_options("training", TrainSettings),
+}
 
 
 wildcard_constraints:

@@ -11,8 +11,7 @@ rule extract:
         update(f"{FEATURES_DIR}/{{slide}}.h5"),
     params:
         options=cli_options(
-            config["features"],
-            skip=(*RUNTIME_KEYS["features"], *IMPORT_KEYS, "max_bad_tile_share"),
+            config["features"], EncoderSettings, ExtractSettings, skip=RUNTIME_KEYS["features"]
         ),
     wildcard_constraints:
         slide=one_of(PATCHED),
@@ -38,9 +37,7 @@ rule import_features:
     output:
         update(f"{FEATURES_DIR}/{{slide}}.h5"),
     params:
-        options=cli_options(
-            {key.removeprefix("import_"): config["features"][key] for key in IMPORT_KEYS}
-        ),
+        options=cli_options(config["features"], ImportSettings),
     wildcard_constraints:
         slide=one_of(IMPORTED),
     log:

@@ -10,7 +10,7 @@ rule patch:
         qc=update(report(f"{RESULTS}/qc/{{slide}}.png", caption="../report/qc.rst", category="Slides",
                   subcategory="QC thumbnails", labels={"slide": "{slide}"})),
     params:
-        options=cli_options(config["patching"]),
+        options=cli_options(config["patching"], PatchSettings),
     log:
         f"{RESULTS}/logs/patch/{{slide}}.log",
     benchmark:

@@ -15,7 +15,7 @@ rule split:
         max_bad_tile_share=config["features"]["max_bad_tile_share"],
         rows=SPLIT_KEY,
         classes=config["classes"],
-        options=cli_options(config["splits"]),
+        options=cli_options(config["splits"], SplitSettings),
     log:
         f"{RESULTS}/logs/split.log",
     benchmark:
