@@ -105,7 +105,7 @@ class ExtractSettings:
     )
     device: str = option("auto", _DEVICE_HELP, pattern=DEVICE_PATTERN, speed_only=True)
     amp: bool = option(True, "mixed precision on CUDA")
-    threads: int = option(2, "CPU threads of one extraction job", ge=1, speed_only=True)
+    threads: int = option(1, "CPU threads of one extraction job", ge=1, speed_only=True)
 
 
 #: Below this many patches `auto` reads tiles in the encoding process: a spawned reader takes
