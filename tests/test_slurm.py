@@ -93,7 +93,8 @@ def test_cluster_command_dry_run_gives_jobs_the_slurm_resources(tmp_path):
         rule = block.split(":", 1)[0]
         resources.setdefault(rule, re.search(r"resources: (.*)", block).group(1).split(", "))
     assert {"mem_mb=16000", "gpu=1", "cpus_per_task=1", "runtime=720"} <= set(resources["train"])
-    assert {"mem_mb=8000", "cpus_per_task=2"} <= set(resources["extract"])
+    threads = yaml.safe_load((REPO / "config/config.yaml").read_text())["features"]["threads"]
+    assert {"mem_mb=8000", f"cpus_per_task={threads}"} <= set(resources["extract"])
     assert not any(r.startswith("gpu=") for r in resources["extract"])
 
 
