@@ -1,5 +1,5 @@
 # The synthetic demo cohort: one job per slide listed in the sample sheet under
-# resources/demo/slides/, its label deciding whether it carries tumour islands.
+# resources/demo/slides/, its label deciding how its tumour cells are arranged.
 
 
 if config["demo"]["generate"]:
