@@ -10,9 +10,7 @@ import re
 import torch
 
 from span.errors import SpanError
-
-#: The accepted values (the config schema has the same pattern).
-DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]+)?)$"
+from span.settings.stages import DEVICE_PATTERN  # declared with the options that take it
 
 
 def resolve_device(device: str) -> torch.device:
