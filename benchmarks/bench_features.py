@@ -28,8 +28,8 @@ from span.features.encoders import build_encoder
 from span.features.extract import ExtractOptions, encode_tiles, extract_slide
 from span.slides.patch_file import PatchSet, write_patch_file
 from span.slides.patching import PatchingParams, run_patching
-from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
+from span.synthetic.tissue import render_tissue
 
 
 def encoder_only(encoder, device, batch_size: int, n: int) -> float:

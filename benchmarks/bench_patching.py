@@ -313,7 +313,7 @@ def describe(slide: Path, ps0: int) -> str:
 
 def large_slide(workdir: Path, side: int) -> Path:
     """The synthetic 40x benchmark slide, written on first use."""
-    from span.slides.synthetic import write_large_synthetic_slide
+    from span.synthetic.large_slide import write_large_synthetic_slide
 
     slide = workdir / f"synthetic_40x_{side}.tiff"
     if not slide.exists():

@@ -10,6 +10,10 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 def temp_path_for(path: Path) -> Path:
@@ -34,3 +38,12 @@ def write_text_atomic(path: str | Path, text: str) -> None:
     """Write a text file atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def write_png(path: str | Path, rgb: np.ndarray) -> None:
+    """Write an RGB uint8 image (H, W, 3) as PNG atomically (QC images, heatmaps)."""
+    import cv2
+
+    with atomic_output(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"could not write {path}")

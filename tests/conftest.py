@@ -39,12 +39,6 @@ def cmu1() -> Path:
     return CMU1
 
 
-def blank_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Near-white glass with sensor noise."""
-    rng = np.random.default_rng(seed)
-    return (240 + rng.integers(0, 6, (height, width, 3))).astype(np.uint8)
-
-
 @pytest.fixture
 def write_slide(tmp_path):
     """Write an RGB array as a pyramidal TIFF slide and return its path."""

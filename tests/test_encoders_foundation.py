@@ -27,8 +27,8 @@ from span.features.registry import ENCODERS, HOPTIMUS_MEAN, HOPTIMUS_STD, Encode
 from span.features.tiles import SlideTiles
 from span.slides.patch_file import PatchSet, read_patch_file, write_patch_file
 from span.slides.patching import PatchingParams, run_patching
-from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
+from span.synthetic.tissue import render_tissue
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"

@@ -23,8 +23,8 @@ from span.features.extract import ExtractOptions, PartialFeatures, extract_slide
 from span.features.feature_file import read_feature_file
 from span.slides.patch_file import PatchSet, read_patch_file, write_patch_file
 from span.slides.patching import PatchingParams, run_patching
-from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
+from span.synthetic.tissue import render_tissue
 
 N_PATCHES = 24
 

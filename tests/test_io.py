@@ -148,8 +148,8 @@ def test_subpixel_read_matches_openslide_resampling(tmp_path):
     import openslide
 
     from span.slides.reader import read_rgb, read_subpixel
-    from span.slides.synthetic import render_tissue
     from span.slides.tiff_writer import write_pyramidal_tiff
+    from span.synthetic.tissue import render_tissue
 
     image, *_ = render_tissue(1200, 1000, 0.5, tumour=True, seed=5)
     slide_path = write_pyramidal_tiff(tmp_path / "s.tiff", image, 0.5, downsamples=(1, 4))

@@ -14,8 +14,13 @@ import pytest
 from span.errors import SpanError
 from span.slides.patch_file import read_patch_file
 from span.slides.patching import PatchingParams, patch_slide, run_patching
-from span.slides.synthetic import render_tissue
-from tests.conftest import blank_image
+from span.synthetic.tissue import render_tissue
+
+
+def blank_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Near-white glass with sensor noise."""
+    rng = np.random.default_rng(seed)
+    return (240 + rng.integers(0, 6, (height, width, 3))).astype(np.uint8)
 
 
 def assert_grid_invariants(patches) -> None:

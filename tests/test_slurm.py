@@ -21,9 +21,9 @@ import numpy as np
 import pytest
 import yaml
 
-from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
-from tests.test_workflow import REPO, SNAKEMAKE, base_config, write_sheet
+from span.synthetic.tissue import render_tissue
+from tests.workflow_helpers import REPO, SNAKEMAKE, base_config, write_sheet
 
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 WORKFLOW_PROFILE = REPO / "profiles" / "default"

@@ -19,7 +19,7 @@ from span.models.layers import (
 from span.models.sparse import downsampling, window_layout
 from span.models.sparse_conv import SparseDownsample
 from span.models.window_attention import SparseWindowAttention
-from tests.test_span import dense_reference, random_grid
+from tests.attention_reference import dense_reference, random_grid
 
 
 def grads_of(out: torch.Tensor, probe: torch.Tensor, inputs: list) -> tuple:

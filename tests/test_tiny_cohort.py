@@ -13,9 +13,9 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pytest
 
-from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
-from tests.test_workflow import base_config, planned_jobs, snakemake, write_sheet
+from span.synthetic.tissue import render_tissue
+from tests.workflow_helpers import base_config, planned_jobs, snakemake, write_sheet
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ import pytest
 
 from span.features.worker_lifetime import die_with_parent
 from span.slides.patching import PatchingParams, run_patching
-from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
+from span.synthetic.tissue import render_tissue
 
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="PR_SET_PDEATHSIG is Linux's")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,60 +14,19 @@ import tifffile
 import torch
 import yaml
 
-from span.slides.synthetic import render_tissue
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic import DEMO_SLIDES
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
-
-
-def snakemake(workdir: Path, *args: str, config: dict | None = None):
-    """Run snakemake in `workdir` (with a config written there); return the completed process."""
-    cmd = [*SNAKEMAKE, "-d", str(workdir), *args]
-    if config is not None:
-        cfg = workdir / "config.yaml"
-        cfg.write_text(yaml.safe_dump(config))
-        cmd += ["--configfile", str(cfg)]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, timeout=600
-    )
-
-
-def write_sheet(path: Path, rows: list[tuple], header=("slide_id", "path", "label")) -> Path:
-    lines = ["\t".join(header)] + ["\t".join(map(str, r)) for r in rows]
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def base_config(sheet: Path) -> dict:
-    return {
-        "cohort": "tiny",
-        "samples": str(sheet),
-        "classes": ["normal", "tumor"],
-        "demo": {"generate": False},
-        # Small and fast: layer3 of a seeded random ResNet50, one thread, no reader processes.
-        "features": {"weights": "random", "layer": "layer3", "threads": 1, "num_workers": 0},
-    }
-
+from span.synthetic.tissue import render_tissue
+from tests.workflow_helpers import (
+    REPO,
+    SNAKEMAKE,
+    base_config,
+    planned_jobs,
+    snakemake,
+    write_sheet,
+)
 
 FEATURES = Path("results", "tiny", "features", "resnet50-layer3")
-
-
-def planned_jobs(res: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts per rule from the `Job stats` table of a dry run ({} when nothing to do)."""
-    assert res.returncode == 0, res.stdout[-3000:]
-    counts = {}
-    lines = res.stdout.splitlines()
-    start = lines.index("Job stats:") if "Job stats:" in lines else len(lines)
-    for line in lines[start:]:
-        parts = line.split()
-        if parts and parts[0] == "total":
-            break
-        if len(parts) == 2 and parts[1].isdigit():
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def test_default_config_plans_demo_and_patching(tmp_path):

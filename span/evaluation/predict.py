@@ -9,13 +9,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from span.atomic import write_png
 from span.data.qc_summary import read_exclusions
 from span.data.samplesheet import load_sample_sheet
 from span.device import resolve_device
 from span.evaluation.heatmap import render_heatmap
 from span.h5io import open_h5, read_attrs
 from span.models import build_model
-from span.slides.qc import write_png
 from span.training.bags import Bag, FeatureStats, inspect_cohort, load_bag
 from span.training.run_files import write_predictions
 

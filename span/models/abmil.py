@@ -6,14 +6,7 @@ import torch
 from torch import nn
 
 from span.models.base import MILModel, ModelOutput
-from span.models.layers import AttentionPool
-
-
-class InstanceEncoder(nn.Sequential):
-    """Linear(in, hidden) + ReLU + dropout: the instance embedding of ABMIL-family models."""
-
-    def __init__(self, in_dim: int, hidden: int, dropout: float, bias: bool = True) -> None:
-        super().__init__(nn.Linear(in_dim, hidden, bias=bias), nn.ReLU(), nn.Dropout(dropout))
+from span.models.layers import AttentionPool, InstanceEncoder
 
 
 class ABMIL(MILModel):

@@ -12,9 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from span.models.abmil import InstanceEncoder
 from span.models.base import MILModel, ModelOutput
-from span.models.layers import AttentionScores
+from span.models.layers import AttentionScores, InstanceEncoder
 
 
 def attention_order(scores: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from span.models.abmil import InstanceEncoder
 from span.models.base import MILModel, ModelOutput
-from span.models.layers import AttentionPool, AttentionScores
+from span.models.layers import AttentionPool, AttentionScores, InstanceEncoder
 
 DISTILL = ("AFS", "MaxS", "MaxMinS")
 

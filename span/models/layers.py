@@ -288,6 +288,14 @@ class _CenteredLinear(torch.autograd.Function):
         return (d_x if need_x else None), d_center, d_weight, d_bias
 
 
+class InstanceEncoder(nn.Sequential):
+    """Linear(in, hidden) + ReLU + dropout: the instance embedding of ABMIL, CLAM, DTFD-MIL
+    and TransMIL (MHIM-MIL through its ABMIL or TransMIL student)."""
+
+    def __init__(self, in_dim: int, hidden: int, dropout: float, bias: bool = True) -> None:
+        super().__init__(nn.Linear(in_dim, hidden, bias=bias), nn.ReLU(), nn.Dropout(dropout))
+
+
 #: Activations of the attention branch: Ilse et al.'s tanh, or ReLU (MHIM-MIL's `DAttention`).
 ATTENTION_ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU}
 

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from span.models.abmil import InstanceEncoder
 from span.models.base import MILModel, ModelOutput
-from span.models.layers import ROW_CHUNK, MaskDropout
+from span.models.layers import ROW_CHUNK, InstanceEncoder, MaskDropout
 
 
 def iterative_pinv(x: torch.Tensor, iterations: int) -> torch.Tensor:

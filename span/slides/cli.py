@@ -1,4 +1,4 @@
-"""Subcommands of the slide stage: `span patch`, `span demo-slide`, `span demo-cohort`."""
+"""Subcommand of the slide stage: `span patch`."""
 
 from __future__ import annotations
 
@@ -6,8 +6,7 @@ import argparse
 import logging
 
 from span.settings.options import add_options, values_for
-from span.settings.stages import DemoSettings, PatchSettings
-from span.synthetic import DEMO_LABELS, DEMO_SLIDES
+from span.settings.stages import PatchSettings
 
 log = logging.getLogger(__name__)
 
@@ -24,31 +23,8 @@ def _patch(args: argparse.Namespace) -> None:
     run_patching(args.slide, args.slide_id, args.out, args.qc, params)
 
 
-def _demo_slide(args: argparse.Namespace) -> None:
-    from span.slides.synthetic import make_demo_slide
-
-    info = make_demo_slide(args.out, args.slide_id, args.label, seed=args.seed)
-    log.info(
-        "%s (%s): %d x %d px at %g um/px, pen %s -> %s",
-        args.slide_id,
-        args.label,
-        info["width_px"],
-        info["height_px"],
-        info["mpp"],
-        info["pen"],
-        args.out,
-    )
-
-
-def _demo_cohort(args: argparse.Namespace) -> None:
-    from span.slides.synthetic import write_demo_cohort
-
-    sheet = write_demo_cohort(args.out, n_slides=args.n_slides, seed=args.seed)
-    log.info("demo cohort of %d slides: sample sheet %s", args.n_slides, sheet)
-
-
 def register(stages: argparse._SubParsersAction) -> None:
-    """Add the slide-stage subcommands."""
+    """Add `span patch`."""
     p = stages.add_parser(
         "patch",
         help="segment tissue and keep the cells of one global patch grid (one slide)",
@@ -62,25 +38,3 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--qc", required=True, help="QC PNG to write")
     add_options(p, PatchSettings)
     p.set_defaults(func=_patch, parser=p)
-
-    d = stages.add_parser(
-        "demo-slide", help="write one synthetic demo slide (pyramidal TIFF, JPEG tiles)"
-    )
-    d.add_argument("--slide-id", required=True, help="also seeds the slide's variation")
-    d.add_argument(
-        "--label",
-        required=True,
-        choices=DEMO_LABELS,
-        help="normal, tumor (islands), or the tumour as patch cells scattered or clumped",
-    )
-    add_options(d, DemoSettings)
-    d.add_argument("--out", required=True, help="TIFF to write")
-    d.set_defaults(func=_demo_slide)
-
-    c = stages.add_parser(
-        "demo-cohort", help="write the whole synthetic demo cohort and its sample sheet"
-    )
-    c.add_argument("--out", required=True, help="folder: slides/<id>.tiff and samples.tsv")
-    c.add_argument("--n-slides", type=int, default=DEMO_SLIDES)
-    add_options(c, DemoSettings)
-    c.set_defaults(func=_demo_cohort)

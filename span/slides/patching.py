@@ -12,11 +12,12 @@ import numpy as np
 import openslide
 
 import span
+from span.atomic import write_png
 from span.errors import SpanError
 from span.settings.stages import PatchSettings
 from span.slides.grid import cell_tissue_fraction, grid_cells, grid_to_coords, select_cells
 from span.slides.patch_file import PatchSet, write_patch_file
-from span.slides.qc import render_qc, write_png
+from span.slides.qc import render_qc
 from span.slides.reader import open_slide, read_downsampled, slide_resolution
 from span.slides.segmentation import SegmentationParams, segment_tissue
 

@@ -4,12 +4,9 @@ cohort table is span.data.qc_summary)."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
-
-from span.atomic import atomic_output
 
 CELL_RGB = (0, 170, 60)
 TISSUE_RGB = (20, 60, 230)
@@ -72,10 +69,3 @@ def render_qc(
             cv2.LINE_AA,
         )
     return np.concatenate([header, out], axis=0)
-
-
-def write_png(path: str | Path, rgb: np.ndarray) -> None:
-    """Write an RGB image as PNG atomically."""
-    with atomic_output(path) as tmp:
-        if not cv2.imwrite(str(tmp), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"could not write {path}")

@@ -1,5 +1,7 @@
-"""Synthetic data whose ground truth is known: the demo cohort's classes and the spatial
-benchmark's tasks (names here, importable without numpy; the generators in submodules)."""
+"""Synthetic data whose ground truth is known: the demo cohort's slides and the spatial
+benchmark's tasks. The names are here, importable without numpy (command-line choices); the
+generators are in submodules: `tissue` (H&E-like slides with their masks), `demo`,
+`large_slide`, `layouts` and `feature_cohort`, all drawing their smooth noise from `noise`."""
 
 #: The spatial tasks, importable without numpy (command-line choices); `layouts.TASKS` has them.
 TASK_NAMES = ("clumped", "interface", "distance")

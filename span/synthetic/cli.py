@@ -1,13 +1,40 @@
-"""`span spatial-cohort`: write a features-only cohort whose labels depend only on arrangement."""
+"""Subcommands that write synthetic data: `span demo-slide` and `span demo-cohort` (the demo
+cohort's slides), `span spatial-cohort` (a features-only cohort whose labels depend only on
+arrangement)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from span.synthetic import TASK_NAMES
+from span.settings.options import add_options
+from span.settings.stages import DemoSettings
+from span.synthetic import DEMO_LABELS, DEMO_SLIDES, TASK_NAMES
 
 log = logging.getLogger(__name__)
+
+
+def _demo_slide(args: argparse.Namespace) -> None:
+    from span.synthetic.demo import make_demo_slide
+
+    info = make_demo_slide(args.out, args.slide_id, args.label, seed=args.seed)
+    log.info(
+        "%s (%s): %d x %d px at %g um/px, pen %s -> %s",
+        args.slide_id,
+        args.label,
+        info["width_px"],
+        info["height_px"],
+        info["mpp"],
+        info["pen"],
+        args.out,
+    )
+
+
+def _demo_cohort(args: argparse.Namespace) -> None:
+    from span.synthetic.demo import write_demo_cohort
+
+    sheet = write_demo_cohort(args.out, n_slides=args.n_slides, seed=args.seed)
+    log.info("demo cohort of %d slides: sample sheet %s", args.n_slides, sheet)
 
 
 def _spatial_cohort(args: argparse.Namespace) -> None:
@@ -28,7 +55,29 @@ def _spatial_cohort(args: argparse.Namespace) -> None:
 
 
 def register(stages: argparse._SubParsersAction) -> None:
-    """Add `span spatial-cohort`."""
+    """Add `span demo-slide`, `span demo-cohort` and `span spatial-cohort`."""
+    d = stages.add_parser(
+        "demo-slide", help="write one synthetic demo slide (pyramidal TIFF, JPEG tiles)"
+    )
+    d.add_argument("--slide-id", required=True, help="also seeds the slide's variation")
+    d.add_argument(
+        "--label",
+        required=True,
+        choices=DEMO_LABELS,
+        help="normal, tumor (islands), or the tumour as patch cells scattered or clumped",
+    )
+    add_options(d, DemoSettings)
+    d.add_argument("--out", required=True, help="TIFF to write")
+    d.set_defaults(func=_demo_slide)
+
+    c = stages.add_parser(
+        "demo-cohort", help="write the whole synthetic demo cohort and its sample sheet"
+    )
+    c.add_argument("--out", required=True, help="folder: slides/<id>.tiff and samples.tsv")
+    c.add_argument("--n-slides", type=int, default=DEMO_SLIDES)
+    add_options(c, DemoSettings)
+    c.set_defaults(func=_demo_cohort)
+
     p = stages.add_parser(
         "spatial-cohort",
         help="write a features-only cohort of a spatial task (the spatial benchmark's data)",

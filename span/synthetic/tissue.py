@@ -1,24 +1,21 @@
-"""Procedural H&E-like slides: tissue, tumour islands, pen marks and dust, with ground-truth masks.
+"""Procedural H&E-like tissue: outline, holes, tumour, pen marks and dust, with ground-truth masks.
 
-Used for the demo cohort (small pyramidal TIFFs a laptop processes in seconds), the tests (the
-masks are the ground truth) and the reading benchmark (a 40960 px slide written tile by tile).
-Everything is deterministic from a seed; sizes are in micrometres and rendered at a given mpp.
+`render_tissue` draws the demo slides (`span.synthetic.demo`) and the tests' slides (the masks
+are the ground truth); the large benchmark slide (`span.synthetic.large_slide`) reuses the
+tissue layout and the stains. Everything is deterministic from a seed; sizes are in micrometres
+and rendered at a given mpp.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import zlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-from span.atomic import write_text_atomic
-from span.slides.tiff_writer import write_pyramidal_tiff, write_pyramidal_tiff_from_tiles
-from span.synthetic import DEMO_CLASSES, DEMO_LABELS, DEMO_SLIDES
+from span.synthetic.layouts import LayoutError, grow_region
+from span.synthetic.noise import NoiseField, smooth_noise, upsample
 
 # Layout (tissue outline, holes, tumour islands) is drawn on a coarse grid with this spacing, so
 # the same seed gives the same tissue at 20x and 40x; it is upsampled to the render resolution.
@@ -59,55 +56,6 @@ _TRANSMISSION_LUT = np.round(255.0 * np.exp(-np.arange(256, dtype=np.float64) / 
 # --------------------------------------------------------------------------------------------
 
 
-def _upsample(
-    field: np.ndarray,
-    scale_y: float,
-    scale_x: float,
-    shape: tuple[int, int],
-    *,
-    cubic: bool = False,
-    offset: tuple[float, float] = (0.0, 0.0),
-) -> np.ndarray:
-    """Resample a coarse field to ``shape``; output pixel centre j maps to field (j+0.5)*s-0.5.
-
-    ``scale_*`` is field pixels per output pixel; ``offset`` (in output pixels) shifts the window,
-    which lets tiles of any pyramid level sample the same layout consistently.
-    """
-    h, w = shape
-    oy, ox = offset
-    m = np.array(
-        [
-            [scale_x, 0.0, (ox + 0.5) * scale_x - 0.5],
-            [0.0, scale_y, (oy + 0.5) * scale_y - 0.5],
-        ],
-        dtype=np.float64,
-    )
-    flags = (cv2.INTER_CUBIC if cubic else cv2.INTER_LINEAR) | cv2.WARP_INVERSE_MAP
-    return cv2.warpAffine(
-        np.ascontiguousarray(field, dtype=np.float32),
-        m,
-        (w, h),
-        flags=flags,
-        borderMode=cv2.BORDER_REPLICATE,
-    )
-
-
-def _smooth_noise(
-    rng: np.random.Generator,
-    shape: tuple[int, int],
-    cell_y: float,
-    cell_x: float | None = None,
-) -> np.ndarray:
-    """Zero-mean, roughly unit-variance smooth noise with feature size ``cell`` output pixels."""
-    cell_x = cell_y if cell_x is None else cell_x
-    gh = max(2, round(shape[0] / cell_y) + 1)
-    gw = max(2, round(shape[1] / cell_x) + 1)
-    grid = rng.standard_normal((gh, gw), dtype=np.float32)
-    out = cv2.resize(grid, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC)
-    # Cubic interpolation of white noise has std ~0.75; rescale to ~1.
-    return cv2.multiply(out, 1.33, dst=out)
-
-
 def _ellipse_rho(
     yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, ay: float, ax: float, angle: float
 ) -> np.ndarray:
@@ -119,7 +67,7 @@ def _ellipse_rho(
     return np.sqrt(u * u + v * v)
 
 
-def _to_rgb(od: np.ndarray) -> np.ndarray:
+def to_rgb(od: np.ndarray) -> np.ndarray:
     """Beer-Lambert: non-negative optical density (..., 3) float32 -> uint8 transmitted colour."""
     idx = np.clip(od * np.float32(_OD_STEPS) + np.float32(0.5), 0, 255).astype(np.uint8)
     return _TRANSMISSION_LUT[idx]
@@ -130,7 +78,7 @@ def _to_rgb(od: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def _tissue_layout(
+def tissue_layout(
     rng: np.random.Generator,
     gh: int,
     gw: int,
@@ -157,7 +105,7 @@ def _tissue_layout(
         np.maximum(field, 1.0 - rho, out=field)
     # Irregular outline: large lobes plus a ragged edge.
     big = max(2.0, 150.0 * size_scale / cell_um)
-    field += 0.35 * _smooth_noise(rng, (gh, gw), big) + 0.08 * _smooth_noise(rng, (gh, gw), big / 5)
+    field += 0.35 * smooth_noise(rng, (gh, gw), big) + 0.08 * smooth_noise(rng, (gh, gw), big / 5)
     # Keep tissue off the slide border.
     margin = 0.07 * min(gh, gw)
     edge = np.minimum(np.minimum(yy, gh - 1 - yy), np.minimum(xx, gw - 1 - xx))
@@ -208,7 +156,7 @@ def _tumour_layout(
     target = target_fraction * tissue_area
     cluster_r = math.sqrt(1.6 * target / math.pi)
     # Stroma septa between tumour nests: islands are capped, then smooth noise carves them.
-    septa = 0.6 * np.clip(_smooth_noise(rng, (gh, gw), max(2.0, 40.0 / cell_um)), -2.5, 2.5)
+    septa = 0.6 * np.clip(smooth_noise(rng, (gh, gw), max(2.0, 40.0 / cell_um)), -2.5, 2.5)
     islands = np.full((gh, gw), -10.0, dtype=np.float32)
     spread = 0.8 * cluster_r
     for i in range(240):
@@ -254,8 +202,6 @@ def _arranged_tumour_layout(
     it and never crossing into a neighbour, so a tumour patch looks the same in a clump as
     alone and no normal patch carries a sliver of its neighbour's tumour: the two arrangements
     differ in where the tumour patches are, not in any patch's content."""
-    from span.synthetic.layouts import LayoutError, grow_region
-
     per_cell = PATCH_UM / cell_um  # layout pixels per patch cell
     gh, gw = tissue.shape
     ch, cw = int(gh // per_cell), int(gw // per_cell)
@@ -289,7 +235,7 @@ def _arranged_tumour_layout(
                     continue
             else:  # fragmented tissue: two smaller clumps instead
                 sizes += [size // 2, size - size // 2]
-    edge = 0.25 * _smooth_noise(rng, (gh, gw), max(2.0, 30.0 / cell_um))
+    edge = 0.25 * smooth_noise(rng, (gh, gw), max(2.0, 30.0 / cell_um))
     nest = np.full((gh, gw), -1.0, dtype=np.float32)
     for r, c in zip(*np.nonzero(chosen), strict=True):
         # The nest's box: its cell less one layout pixel, so no tumour crosses into a neighbour.
@@ -323,35 +269,11 @@ def _layout_masks(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Tissue and tumour masks of rows [y0, y1) at ``mpp``: the layout fields, upsampled, > 0."""
     s, shape = mpp / LAYOUT_UM, (y1 - y0, width)
-    tissue = _upsample(tissue_grid, s, s, shape, offset=(y0, 0.0)) > 0
+    tissue = upsample(tissue_grid, s, s, shape, offset=(y0, 0.0)) > 0
     if tumour_grid is None:
         return tissue, np.zeros(shape, dtype=bool)
-    tumour = _upsample(tumour_grid, s, s, shape, offset=(y0, 0.0)) > 0
+    tumour = upsample(tumour_grid, s, s, shape, offset=(y0, 0.0)) > 0
     return tissue, tumour & tissue
-
-
-class _NoiseField:
-    """Smooth noise defined by a seeded coarse grid, resampled exactly for any strip of rows."""
-
-    def __init__(
-        self,
-        rng: np.random.Generator,
-        shape: tuple[int, int],
-        cell_y: float,
-        cell_x: float | None = None,
-    ) -> None:
-        cell_x = cell_y if cell_x is None else cell_x
-        self.sy, self.sx = 1.0 / cell_y, 1.0 / cell_x
-        gh = math.ceil(shape[0] * self.sy) + 2
-        gw = math.ceil(shape[1] * self.sx) + 2
-        # Cubic interpolation of white noise has std ~0.75; rescale to ~1.
-        self.grid = rng.standard_normal((gh, gw), dtype=np.float32) * np.float32(1.33)
-        self.width = shape[1]
-
-    def rows(self, y0: int, y1: int) -> np.ndarray:
-        return _upsample(
-            self.grid, self.sy, self.sx, (y1 - y0, self.width), cubic=True, offset=(y0, 0.0)
-        )
 
 
 class _StainRenderer:
@@ -374,12 +296,12 @@ class _StainRenderer:
         self.tissue_grid, self.tumour_grid = tissue_grid, tumour_grid
         self.shape, self.mpp = shape, mpp
         self.layout_scale = mpp / LAYOUT_UM
-        self.drift = _NoiseField(r_tex, shape, 200.0 / mpp)  # stain intensity drift
-        self.blend = _NoiseField(r_tex, shape, 120.0 / mpp)
+        self.drift = NoiseField(r_tex, shape, 200.0 / mpp, exact=True)  # stain intensity drift
+        self.blend = NoiseField(r_tex, shape, 120.0 / mpp, exact=True)
         # Wavy collagen fibres: two anisotropic noises blended by a slowly varying weight.
-        self.fibre_a = _NoiseField(r_tex, shape, 14.0 / mpp, 2.5 / mpp)
-        self.fibre_b = _NoiseField(r_tex, shape, 2.5 / mpp, 14.0 / mpp)
-        self.grain = _NoiseField(r_tex, shape, 1.5 / mpp)
+        self.fibre_a = NoiseField(r_tex, shape, 14.0 / mpp, 2.5 / mpp, exact=True)
+        self.fibre_b = NoiseField(r_tex, shape, 2.5 / mpp, 14.0 / mpp, exact=True)
+        self.grain = NoiseField(r_tex, shape, 1.5 / mpp, exact=True)
         self.sensor_seed = int(r_tex.integers(2**63 - 1))
         self._nuclei_points(r_nuc)
 
@@ -537,7 +459,7 @@ def _draw_pen(
     # Multiplicative ink (a dye over the section) with patchy opacity alpha in [0.6, 1]:
     # transmission T**alpha, interpolated linearly between T**0.6 and T per channel.
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    alpha = _smooth_noise(rng, (y1 - y0, x1 - x0), 80.0 / mpp)
+    alpha = smooth_noise(rng, (y1 - y0, x1 - x0), 80.0 / mpp)
     cv2.addWeighted(alpha, 0.25, alpha, 0.0, 0.625, dst=alpha)  # (alpha - 0.6) / 0.4
     cv2.min(cv2.max(alpha, 0.0, dst=alpha), 1.0, dst=alpha)
     trans = np.asarray(colour, dtype=np.float64) / 255.0
@@ -611,7 +533,7 @@ def render_tissue(
 
     # Layout on the coarse grid; strips upsample its signed fields and threshold them at 0.
     gh, gw = math.ceil(height_um / LAYOUT_UM), math.ceil(width_um / LAYOUT_UM)
-    tissue_grid = _tissue_layout(r_layout, gh, gw, LAYOUT_UM, tissue_fraction)
+    tissue_grid = tissue_layout(r_layout, gh, gw, LAYOUT_UM, tissue_fraction)
     # Arranged tumour is sparser: scattered cells must be able to keep apart.
     low, high = (0.12, 0.25) if arrangement is None else (0.08, 0.16)
     frac = r_tumour.uniform(low, high) if tumour_fraction is None else tumour_fraction
@@ -642,7 +564,7 @@ def render_tissue(
             ty0 = max(0, math.floor((y0 + 0.5) * f - 0.5) - 1)
             ty1 = min(tex_shape[0], math.ceil((y1 - 0.5) * f - 0.5) + 2)
             tex = stains.render(ty0, ty1)
-            image[y0:y1] = _upsample(tex, f, f, (y1 - y0, w), offset=(y0 - ty0 / f, 0.0))
+            image[y0:y1] = upsample(tex, f, f, (y1 - y0, w), offset=(y0 - ty0 / f, 0.0))
 
     if dust:
         _draw_dust(r_dust, image, tissue_grid, LAYOUT_UM, mpp)
@@ -651,211 +573,3 @@ def render_tissue(
     else:
         pen_mask = np.zeros((h, w), dtype=bool)
     return image, tissue_mask, tumour_mask, pen_mask
-
-
-# --------------------------------------------------------------------------------------------
-# Demo cohort
-# --------------------------------------------------------------------------------------------
-
-
-def demo_slide_ids(n: int = DEMO_SLIDES) -> list[str]:
-    """Slide ids of the demo cohort: demo_00, demo_01, ..."""
-    return [f"demo_{i:02d}" for i in range(n)]
-
-
-def demo_label(index: int) -> str:
-    """Label of the demo slide with this index: the classes in turn."""
-    return DEMO_CLASSES[index % len(DEMO_CLASSES)]
-
-
-def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
-    """Per-slide variation (size, magnification, pen, dust, render seed) from seed and slide id."""
-    rng = np.random.default_rng([seed, zlib.crc32(slide_id.encode("utf-8"))])
-    mpp = 0.25 if rng.random() < 0.125 else 0.5
-    pen = None if rng.random() < 2 / 3 else ("blue", "green", "black")[int(rng.integers(3))]
-    dust = bool(rng.random() < 0.75)
-    cells = rng.uniform(85.0, 150.0)  # target tissue area in 112 um cells
-    tissue_fraction = rng.uniform(0.38, 0.5)
-    aspect = rng.uniform(0.8, 1.25)  # width / height
-    slide_area = cells * PATCH_UM**2 / tissue_fraction
-    height_um = round(math.sqrt(slide_area / aspect))
-    width_um = round(height_um * aspect)
-    return {
-        "mpp": mpp,
-        "magnification": 40 if mpp == 0.25 else 20,
-        "pen": pen,
-        "dust": dust,
-        "height_um": float(height_um),
-        "width_um": float(width_um),
-        "tissue_fraction_target": float(tissue_fraction),
-        "render_seed": int(rng.integers(2**31 - 1)),
-    }
-
-
-def make_demo_slide(
-    path: str | os.PathLike,
-    slide_id: str,
-    label: str,
-    seed: int = 42,
-) -> dict:
-    """Render and write one demo slide (3-level pyramidal TIFF); return the options and stats.
-    `label` is normal (no tumour), tumor (tumour islands) or a demo class: the tumour as whole
-    patch cells, scattered or clumped (`DEMO_LABELS`)."""
-    if label not in DEMO_LABELS:
-        raise ValueError(f"demo label must be one of {DEMO_LABELS}, got {label!r}")
-    opts = demo_slide_options(slide_id, seed)
-    image, tissue, tumour_mask, pen_mask = render_tissue(
-        opts["height_um"],
-        opts["width_um"],
-        opts["mpp"],
-        tumour=label != "normal",
-        seed=opts["render_seed"],
-        pen=opts["pen"],
-        dust=opts["dust"],
-        tissue_fraction=opts["tissue_fraction_target"],
-        arrangement=label if label in DEMO_CLASSES else None,
-    )
-    out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
-    px_area = opts["mpp"] ** 2
-    tissue_px = int(tissue.sum())
-    return {
-        "slide_id": slide_id,
-        "path": str(out),
-        "label": label,
-        **opts,
-        "height_px": int(image.shape[0]),
-        "width_px": int(image.shape[1]),
-        "tissue_fraction": tissue_px / tissue.size,
-        "tumour_fraction_of_tissue": int(tumour_mask.sum()) / max(tissue_px, 1),
-        "pen_fraction": float(pen_mask.mean()),
-        "patch_cells_estimate": tissue_px * px_area / PATCH_UM**2,
-    }
-
-
-def demo_sheet(slides_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES) -> str:
-    """The demo cohort's sample sheet (TSV text) with slides at ``<slides_dir>/<id>.tiff``.
-
-    ``config/demo_samples.tsv`` is this sheet for ``resources/demo/slides``.
-    """
-    rows = ["slide_id\tpath\tlabel\tpatient"]
-    for i, sid in enumerate(demo_slide_ids(n_slides)):
-        rows.append(f"{sid}\t{Path(slides_dir) / f'{sid}.tiff'}\t{demo_label(i)}\tP{i:02d}")
-    return "\n".join(rows) + "\n"
-
-
-def write_demo_cohort(
-    out_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES, seed: int = 42
-) -> Path:
-    """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` plus ``<out_dir>/samples.tsv``."""
-    slides_dir = Path(out_dir) / "slides"
-    for i, sid in enumerate(demo_slide_ids(n_slides)):
-        make_demo_slide(slides_dir / f"{sid}.tiff", sid, demo_label(i), seed=seed)
-    sheet = Path(out_dir) / "samples.tsv"
-    write_text_atomic(sheet, demo_sheet(slides_dir, n_slides))
-    return sheet
-
-
-# --------------------------------------------------------------------------------------------
-# Large benchmark slide, written tile by tile
-# --------------------------------------------------------------------------------------------
-
-
-def _periodic_noise(
-    rng: np.random.Generator, size: int, cell: float, cell_x: float | None = None
-) -> np.ndarray:
-    """Unit-variance smooth noise on a torus (seamless when tiled), via an FFT Gaussian filter."""
-    cell_x = cell if cell_x is None else cell_x
-    white = rng.standard_normal((size, size))
-    fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.rfftfreq(size)[None, :]
-    filt = np.exp(-2 * (math.pi**2) * ((fy * cell / 2) ** 2 + (fx * cell_x / 2) ** 2))
-    out = np.fft.irfft2(np.fft.rfft2(white) * filt, s=(size, size))
-    return (out / (out.std() + 1e-12)).astype(np.float32)
-
-
-def _periodic_tissue_texture(rng: np.random.Generator, size: int, mpp: float) -> np.ndarray:
-    """Seamless (size, size, 3) H&E stroma texture with nuclei, for tiling huge slides."""
-    fibre_a = _periodic_noise(rng, size, 14.0 / mpp, 2.5 / mpp)
-    fibre_b = _periodic_noise(rng, size, 2.5 / mpp, 14.0 / mpp)
-    blend = 1.0 / (1.0 + np.exp(-3.0 * _periodic_noise(rng, size, 120.0 / mpp)))
-    grain = _periodic_noise(rng, size, 1.5 / mpp)
-    fibre = blend * fibre_a + (1 - blend) * fibre_b
-    c_eosin = np.clip(0.9 + 0.3 * fibre + 0.08 * grain, 0.25, None)
-    # Nuclei: Poisson points convolved (circularly) with a Gaussian, thresholded.
-    sigma_um = 2.0
-    n = int(rng.poisson((size * mpp) ** 2 / 300.0))
-    ys, xs = rng.integers(0, size, n), rng.integers(0, size, n)
-    r = rng.uniform(2.1, 3.1, n)
-    points = np.zeros((size, size))
-    s = sigma_um / mpp
-    points[ys, xs] = np.exp(r * r / (2 * sigma_um**2)) * (2 * math.pi * s * s)
-    fy = np.fft.fftfreq(size)[:, None]
-    fx = np.fft.rfftfreq(size)[None, :]
-    gauss = np.exp(-2 * (math.pi**2) * (s**2) * (fy**2 + fx**2))
-    field = np.fft.irfft2(np.fft.rfft2(points) * gauss, s=(size, size))
-    nuc = np.clip((field - 0.6) * 1.6, 0.0, 1.0).astype(np.float32)
-    c_haem = 0.06 + 0.95 * nuc * np.clip(0.85 + 0.2 * grain, 0.5, 1.1)
-    od = c_eosin[..., None] * EOSIN + c_haem[..., None] * HAEMATOXYLIN
-    return _to_rgb(od.astype(np.float32))
-
-
-def write_large_synthetic_slide(
-    path: str | os.PathLike,
-    side_px: int = 40960,
-    mpp: float = 0.25,
-    tissue_fraction: float = 0.35,
-    seed: int = 0,
-) -> dict:
-    """Write a side x side px benchmark slide (levels 1, 4, 16, 64) with bounded memory.
-
-    Every level samples one low-resolution layout (side/64 px) so levels agree; tissue texture is
-    a seamless periodic tile, downsampled per level. Returns size, mpp and the layout's tissue
-    fraction.
-    """
-    layout_ds = 64
-    period = 2048
-    rng_layout, rng_tex = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    g = max(8, math.ceil(side_px / layout_ds))
-    layout = _tissue_layout(rng_layout, g, g, layout_ds * mpp, tissue_fraction)
-    actual_fraction = float((layout > 0).mean())
-
-    texture0 = _periodic_tissue_texture(rng_tex, period, mpp)
-    bg0 = np.empty((period, period, 3), dtype=np.uint8)
-    bg_noise = 1.2 * _periodic_noise(rng_tex, period, 2.0)
-    for ch in range(3):
-        bg0[..., ch] = np.clip(BACKGROUND_RGB[ch] + bg_noise, 0, 255).astype(np.uint8)
-    textures: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def level_textures(ds: int) -> tuple[np.ndarray, np.ndarray]:
-        if ds not in textures:
-            p = max(1, period // ds)
-            textures[ds] = (
-                cv2.resize(texture0, (p, p), interpolation=cv2.INTER_AREA),
-                cv2.resize(bg0, (p, p), interpolation=cv2.INTER_AREA),
-            )
-        return textures[ds]
-
-    def render(ds: int, y: int, x: int, h: int, w: int) -> np.ndarray:
-        s = ds / layout_ds
-        val = _upsample(layout, s, s, (h, w), offset=(y, x))
-        tex, bg = level_textures(ds)
-        p = tex.shape[0]
-        rows = np.arange(y, y + h) % p
-        cols = np.arange(x, x + w) % p
-        out = bg.take(rows, axis=0).take(cols, axis=1)
-        mask = val > 0
-        if mask.any():
-            tissue = tex.take(rows, axis=0).take(cols, axis=1)
-            out[mask] = tissue[mask]
-        return out
-
-    out = write_pyramidal_tiff_from_tiles(
-        path, side_px, side_px, render, mpp, downsamples=(1, 4, 16, 64)
-    )
-    return {
-        "path": str(out),
-        "side_px": side_px,
-        "mpp": mpp,
-        "downsamples": [1, 4, 16, 64],
-        "tissue_fraction": actual_fraction,
-    }
