@@ -44,6 +44,12 @@ def rank_normalise(scores: np.ndarray) -> np.ndarray:
     return ranks / (len(scores) - 1)
 
 
+def _viridis_table() -> np.ndarray:
+    """Viridis at its 256 levels, RGB 0-255 (float64), as matplotlib's colormap quantises."""
+    cmap = matplotlib.colormaps["viridis"]
+    return cmap(np.arange(cmap.N))[:, :3] * 255
+
+
 def render_heatmap(
     slide_path: str | Path,
     grid: np.ndarray,
@@ -51,24 +57,26 @@ def render_heatmap(
     scores: np.ndarray,
     max_side: int = 1200,
 ) -> np.ndarray:
-    """The thumbnail with each patch's cell coloured by its score (rank-normalised, viridis)."""
+    """The thumbnail with each patch's cell coloured by its score (rank-normalised, viridis).
+
+    Colours are looked up per cell before painting (a colormap over every pixel of a
+    1200-px float canvas took most of a heatmap's time)."""
     image, downsample = thumbnail(slide_path, max_side)
     h, w = image.shape[:2]
     if len(grid) == 0:
         return image
     cols, rows = int(grid[:, 0].max()) + 1, int(grid[:, 1].max()) + 1
-    cells = np.full((rows, cols), np.nan)
-    cells[grid[:, 1], grid[:, 0]] = rank_normalise(np.asarray(scores, np.float64))
+    levels = np.full((rows, cols), -1, np.int16)  # -1: no patch; else a colormap level
+    ranks = rank_normalise(np.asarray(scores, np.float64))
+    levels[grid[:, 1], grid[:, 0]] = np.minimum((ranks * 256).astype(np.int16), 255)
     size = (
         max(1, round(cols * patch_size0 / downsample)),
         max(1, round(rows * patch_size0 / downsample)),
     )
-    painted = cv2.resize(cells, size, interpolation=cv2.INTER_NEAREST)
-    canvas = np.full((h, w), np.nan)
-    ch, cw = min(h, painted.shape[0]), min(w, painted.shape[1])
-    canvas[:ch, :cw] = painted[:ch, :cw]
-    covered = ~np.isnan(canvas)
-    colours = matplotlib.colormaps["viridis"](np.nan_to_num(canvas))[..., :3] * 255
-    out = image.astype(np.float64)
-    out[covered] = (1 - ALPHA) * out[covered] + ALPHA * colours[covered]
-    return out.astype(np.uint8)
+    painted = cv2.resize(levels, size, interpolation=cv2.INTER_NEAREST)[:h, :w]
+    covered = np.zeros((h, w), bool)
+    covered[: painted.shape[0], : painted.shape[1]] = painted >= 0
+    out = image.copy()
+    colours = _viridis_table()[painted[covered[: painted.shape[0], : painted.shape[1]]]]
+    out[covered] = ((1 - ALPHA) * image[covered] + ALPHA * colours).astype(np.uint8)
+    return out
