@@ -30,10 +30,10 @@ rule all:
         f"{RESULTS}/qc/summary.tsv",
         expand(f"{RESULTS}/qc/{{slide}}.png", slide=PATCHED),
         expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
-        expand(f"{RESULTS}/{{experiment}}/report.md", experiment=RUN_EXPERIMENTS),
-        [f"{RESULTS}/{name}/sweep.png" for name in RUN_EXPERIMENTS if name in SWEEPS],
+        expand(f"{RESULTS}/{{experiment}}/{FILES.REPORT_MD}", experiment=RUN_EXPERIMENTS),
+        [f"{RESULTS}/{name}/{FILES.SWEEP_PNG}" for name in RUN_EXPERIMENTS if name in SWEEPS],
         [
-            f"{RESULTS}/{name}/{variant}/predictions.csv"
+            f"{RESULTS}/{name}/{variant}/{FILES.PREDICTIONS_CSV}"
             for name in RUN_EXPERIMENTS
             for variant in EXPERIMENTS[name]
         ],

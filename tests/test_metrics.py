@@ -11,7 +11,6 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, r
 from span.evaluation.metrics import (
     auc,
     bootstrap_ci,
-    bootstrap_ci_detail,
     bootstrap_distribution,
     classification_metrics,
 )
@@ -73,28 +72,28 @@ def test_bad_inputs_raise() -> None:
 def test_bootstrap_ci_contains_estimate_and_is_deterministic(metric: str) -> None:
     y, p = _data(60, 2, 7)
     point = classification_metrics(y, p)[metric]
-    low, high = bootstrap_ci(y, p, metric, n=300, seed=3)
-    assert low <= point <= high and low < high
-    assert bootstrap_ci(y, p, metric, n=300, seed=3) == (low, high)
+    low, high, valid, reason = bootstrap_ci(y, p, metric, n=300, seed=3)
+    assert low <= point <= high and low < high and valid == 300 and reason is None
+    assert bootstrap_ci(y, p, metric, n=300, seed=3)[:2] == (low, high)
     other = bootstrap_distribution(y, p, metric, n=300, seed=4)
     assert not np.array_equal(other, bootstrap_distribution(y, p, metric, n=300, seed=3))
 
 
 def test_bootstrap_ci_na_when_too_few_valid() -> None:
     y, p = np.zeros(30, dtype=int), np.tile([0.5, 0.5], (30, 1))
-    low, high, valid, reason = bootstrap_ci_detail(y, p, "auc", n=200, seed=0)
+    low, high, valid, reason = bootstrap_ci(y, p, "auc", n=200, seed=0)
     assert math.isnan(low) and math.isnan(high) and valid == 0
     assert "0 of 200 bootstrap resamples" in reason
 
     # A metric undefined on the ~64% of resamples that contain slide 0.
     y = np.arange(30) % 2
     p = np.stack([np.linspace(0.01, 0.99, 30), 1 - np.linspace(0.01, 0.99, 30)], axis=1)
-    low, high, valid, reason = bootstrap_ci_detail(
+    low, high, valid, reason = bootstrap_ci(
         y, p, lambda yy, pp: float("nan") if np.any(pp[:, 0] == p[0, 0]) else 1.0, n=200
     )
     assert math.isnan(low) and 0 < valid < 100 and reason
     y, p = np.array([1] + [0] * 29), np.tile([0.5, 0.5], (30, 1))  # ~63% of resamples valid
-    low, high, valid, reason = bootstrap_ci_detail(y, p, "auc", n=200, seed=0)
+    low, high, valid, reason = bootstrap_ci(y, p, "auc", n=200, seed=0)
     assert (low, high) == (0.5, 0.5) and 100 <= valid < 200 and reason is None
 
 

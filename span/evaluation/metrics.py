@@ -157,7 +157,7 @@ def bootstrap_distribution(
     return np.array([fn(y[i], p[i]) for i in idx], dtype=float)
 
 
-def bootstrap_ci_detail(
+def bootstrap_ci(
     y_true: np.ndarray,
     probs: np.ndarray,
     metric: str | MetricFn,
@@ -178,16 +178,3 @@ def bootstrap_ci_detail(
         return float("nan"), float("nan"), int(valid.size), reason
     low, high = np.quantile(valid, [alpha / 2, 1 - alpha / 2])
     return float(low), float(high), int(valid.size), None
-
-
-def bootstrap_ci(
-    y_true: np.ndarray,
-    probs: np.ndarray,
-    metric: str | MetricFn,
-    n: int = 1000,
-    seed: int = 0,
-    alpha: float = 0.05,
-) -> tuple[float, float]:
-    """Percentile bootstrap (1 - alpha) CI over slides; (NaN, NaN) if too few resamples valid."""
-    low, high, _, _ = bootstrap_ci_detail(y_true, probs, metric, n=n, seed=seed, alpha=alpha)
-    return low, high

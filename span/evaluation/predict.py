@@ -16,6 +16,7 @@ from span.device import resolve_device
 from span.evaluation.heatmap import render_heatmap
 from span.h5io import open_h5, read_attrs
 from span.models import build_model
+from span.outputs import CHECKPOINT, FEATURE_STATS
 from span.training.bags import Bag, FeatureStats, inspect_cohort, load_bag
 from span.training.run_files import write_predictions
 
@@ -61,10 +62,8 @@ def run_prediction(
     grids: dict[str, np.ndarray] = {}
     for r, run in enumerate(run_dirs):
         model = build_model(model_name, cohort.feature_dim, len(classes), **hparams).to(dev)
-        stats = FeatureStats.load(run / "feature_stats.pt")
-        model.load_state_dict(
-            torch.load(run / "checkpoint.pt", map_location=dev, weights_only=True)
-        )
+        stats = FeatureStats.load(run / FEATURE_STATS)
+        model.load_state_dict(torch.load(run / CHECKPOINT, map_location=dev, weights_only=True))
         model.eval()
         with torch.no_grad():
             for b, bag in enumerate(bags):

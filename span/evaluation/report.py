@@ -14,7 +14,7 @@ from pathlib import Path
 
 from span.atomic import write_text_atomic
 from span.evaluation.plots import plot_roc
-from span.evaluation.results_files import RESULTS_CSV, RESULTS_PER_SEED_CSV, write_results
+from span.evaluation.results_files import write_results
 from span.evaluation.seed_runs import load_results
 from span.evaluation.summary import BOOTSTRAP_SEED, per_seed_rows, summarize, unique_values
 from span.evaluation.tables import (
@@ -23,6 +23,14 @@ from span.evaluation.tables import (
     per_seed_table,
     results_table,
     secondary_table,
+)
+from span.outputs import (
+    REPORT_MD,
+    RESULTS_CSV,
+    RESULTS_MD,
+    RESULTS_PER_SEED_CSV,
+    ROC_PNG,
+    SWEEP_PNG,
 )
 
 _RANDOM_WEIGHTS_WARNING = (
@@ -95,9 +103,9 @@ def write_report(
     paths = {
         "results_csv": out_dir / RESULTS_CSV,
         "results_per_seed_csv": out_dir / RESULTS_PER_SEED_CSV,
-        "results_md": out_dir / "results.md",
-        "roc_png": out_dir / "roc.png",
-        "report_md": out_dir / "report.md",
+        "results_md": out_dir / RESULTS_MD,
+        "roc_png": out_dir / ROC_PNG,
+        "report_md": out_dir / REPORT_MD,
     }
     write_results(paths["results_csv"], rows)
     write_results(paths["results_per_seed_csv"], seed_rows)
@@ -142,7 +150,7 @@ def write_report(
     if sweep:
         parts.append(
             f"## Sweep over {sweep}\n\nAccuracy and peak memory against {sweep} "
-            f"(the paper's Figure 4):\n\n![Sweep over {sweep}](sweep.png)\n"
+            f"(the paper's Figure 4):\n\n![Sweep over {sweep}]({SWEEP_PNG})\n"
         )
     parts += _slides_sections(infos)
     parts.append(

@@ -12,8 +12,6 @@ import pandas as pd
 from span.atomic import write_text_atomic
 from span.errors import SpanError
 
-RESULTS_CSV = "results.csv"
-RESULTS_PER_SEED_CSV = "results_per_seed.csv"
 _NA = "n/a"
 
 

@@ -18,12 +18,8 @@ import numpy as np
 from span.errors import SpanError
 from span.evaluation.metrics import classification_metrics
 from span.models.registry import display_name
-from span.training.run_files import (
-    METRICS_JSON,
-    TEST_PREDICTIONS_CSV,
-    read_run_metrics,
-    read_test_predictions,
-)
+from span.outputs import METRICS_JSON, TEST_PREDICTIONS_CSV
+from span.training.run_files import read_run_metrics, read_test_predictions
 
 
 @dataclass(frozen=True)

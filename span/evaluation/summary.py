@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from span.evaluation.metrics import bootstrap_ci_detail, classification_metrics
+from span.evaluation.metrics import bootstrap_ci, classification_metrics
 from span.evaluation.seed_runs import VariantResult
 from span.evaluation.stats import delong_test, paired_ttest
 from span.training.run_files import REQUIRED_KEYS
@@ -73,9 +73,7 @@ def _seed_averaged_columns(res: VariantResult, n_bootstrap: int, row: dict, note
     pooled = classification_metrics(y, avg)
     for m in ("accuracy", "auc"):
         row[f"seed_avg_{m}"] = pooled[m]
-        low, high, _, why = bootstrap_ci_detail(
-            y, avg, m, n=n_bootstrap, seed=BOOTSTRAP_SEED, alpha=ALPHA
-        )
+        low, high, _, why = bootstrap_ci(y, avg, m, n=n_bootstrap, seed=BOOTSTRAP_SEED, alpha=ALPHA)
         row[f"{m}_ci_low"], row[f"{m}_ci_high"] = low, high
         if why or m in pooled["reasons"]:
             notes[f"{m}_ci"] = pooled["reasons"].get(m) or why

@@ -14,10 +14,9 @@ from span.device import resolve_device
 from span.errors import SpanError
 from span.memory import reduce_heap_fragmentation
 from span.models import build_model
+from span.outputs import CHECKPOINT, FEATURE_STATS, METRICS_JSON, TEST_PREDICTIONS_CSV
 from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
 from span.training.run_files import (
-    METRICS_JSON,
-    TEST_PREDICTIONS_CSV,
     read_run_metrics,
     write_run_metrics,
     write_test_predictions,
@@ -96,7 +95,7 @@ def run_training(
         if config.standardize
         else FeatureStats.identity(cohort.feature_dim)
     )
-    stats.save(out_dir / "feature_stats.pt")
+    stats.save(out_dir / FEATURE_STATS)
     summary = train_model(
         model,
         sets["train"],
@@ -108,9 +107,7 @@ def run_training(
         dev,
         stats,
     )
-    model.load_state_dict(
-        torch.load(out_dir / "checkpoint.pt", map_location=dev, weights_only=True)
-    )
+    model.load_state_dict(torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=True))
     probs = predict(model, sets["test"], cohort.feature_dim, dev, stats)
     write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, sets["test"], probs, classes)
     metrics = {

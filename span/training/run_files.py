@@ -31,9 +31,6 @@ from span.errors import SpanError
 if TYPE_CHECKING:
     from span.training.bags import Bag
 
-METRICS_JSON = "metrics.json"
-TEST_PREDICTIONS_CSV = "test_predictions.csv"
-
 #: metrics.json: key -> accepted types (None: a measurement not taken), in the column order
 #: of results_per_seed.csv.
 REQUIRED_KEYS: dict[str, tuple[type, ...]] = {

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from span.atomic import atomic_output, write_text_atomic
-from span.evaluation.metrics import auc
+from span.evaluation.metrics import accuracy, auc
 from span.memory import peak_rss_mb, reset_peak_rss
 from span.models.base import MILModel
+from span.outputs import CHECKPOINT, HISTORY_CSV
 from span.training.augment import Augmentation
 from span.training.bags import Bag, FeatureStats, load_bag
 
@@ -186,7 +187,7 @@ def train_model(
             else math.nan
         )
         val_auc = auc(val_labels, probs) if len(val_bags) else math.nan
-        acc = float((probs.argmax(1) == val_labels).mean()) if len(val_bags) else math.nan
+        acc = accuracy(val_labels, probs) if len(val_bags) else math.nan
         record = EpochRecord(
             epoch,
             float(np.mean(losses)),
@@ -208,14 +209,14 @@ def train_model(
         )
         if not val_bags or _is_better(val_auc, val_loss, best):
             best, best_epoch, stale = (val_auc, val_loss), epoch, 0
-            with atomic_output(out_dir / "checkpoint.pt") as tmp:
+            with atomic_output(out_dir / CHECKPOINT) as tmp:
                 torch.save(model.state_dict(), tmp)
         else:
             stale += 1
             if stale >= config.patience and epoch >= config.min_epochs:
                 log.info("early stop after epoch %d (best epoch %d)", epoch, best_epoch)
                 break
-    _write_history(out_dir / "history.csv", history)
+    _write_history(out_dir / HISTORY_CSV, history)
     if device.type == "cuda":
         peak, kind = torch.cuda.max_memory_allocated(device) / 2**20, "CUDA max allocated"
     else:

@@ -27,6 +27,7 @@ shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; {_python_path}
 
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
+from span import outputs as FILES
 from span.models.registry import MODELS as MODEL_NAMES
 from span.settings.options import cli_options, declared
 from span.settings.stages import (
@@ -284,8 +285,8 @@ def teacher_inputs(w):
     if not teacher:
         return {}
     return {
-        "teacher": f"{run_dir(w.experiment, teacher, w.seed)}/checkpoint.pt",
-        "teacher_metrics": f"{run_dir(w.experiment, teacher, w.seed)}/metrics.json",
+        "teacher": f"{run_dir(w.experiment, teacher, w.seed)}/{FILES.CHECKPOINT}",
+        "teacher_metrics": f"{run_dir(w.experiment, teacher, w.seed)}/{FILES.METRICS_JSON}",
     }
 
 

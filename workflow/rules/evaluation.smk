@@ -8,19 +8,19 @@ rule evaluate:
         lambda w: expand(
             f"{RESULTS}/{w.experiment}/{{variant}}/seed{{seed}}/{{name}}",
             variant=EXPERIMENTS[w.experiment], seed=SEEDS,
-            name=["metrics.json", "test_predictions.csv"],
+            name=[FILES.METRICS_JSON, FILES.TEST_PREDICTIONS_CSV],
         ),
     output:
-        update(report(f"{RESULTS}/{{experiment}}/report.md", caption="../report/report.rst",
+        update(report(f"{RESULTS}/{{experiment}}/{FILES.REPORT_MD}", caption="../report/report.rst",
                       category="{experiment}", subcategory="Tables",
-                      labels={"file": "report.md"})),
-        table=update(report(f"{RESULTS}/{{experiment}}/results.csv",
+                      labels={"file": FILES.REPORT_MD})),
+        table=update(report(f"{RESULTS}/{{experiment}}/{FILES.RESULTS_CSV}",
                             caption="../report/results.rst", category="{experiment}",
-                            subcategory="Tables", labels={"file": "results.csv"})),
-        markdown=update(f"{RESULTS}/{{experiment}}/results.md"),
-        roc=update(report(f"{RESULTS}/{{experiment}}/roc.png", caption="../report/roc.rst",
+                            subcategory="Tables", labels={"file": FILES.RESULTS_CSV})),
+        markdown=update(f"{RESULTS}/{{experiment}}/{FILES.RESULTS_MD}"),
+        roc=update(report(f"{RESULTS}/{{experiment}}/{FILES.ROC_PNG}", caption="../report/roc.rst",
                           category="{experiment}", subcategory="Figures",
-                          labels={"file": "roc.png"})),
+                          labels={"file": FILES.ROC_PNG})),
     params:
         runs=evaluation_runs,
         classes=config["classes"],
@@ -45,11 +45,11 @@ rule evaluate:
 
 rule sweep_plot:
     input:
-        f"{RESULTS}/{{experiment}}/results.csv",
+        f"{RESULTS}/{{experiment}}/{FILES.RESULTS_CSV}",
     output:
-        update(report(f"{RESULTS}/{{experiment}}/sweep.png", caption="../report/sweep.rst",
+        update(report(f"{RESULTS}/{{experiment}}/{FILES.SWEEP_PNG}", caption="../report/sweep.rst",
                       category="{experiment}", subcategory="Figures",
-                      labels={"file": "sweep.png"})),
+                      labels={"file": FILES.SWEEP_PNG})),
     params:
         parameter=lambda w: SWEEPS[w.experiment],
         values=sweep_values,
@@ -74,15 +74,15 @@ rule predict:
     input:
         checkpoints=lambda w: expand(
             f"{RESULTS}/{w.experiment}/{w.variant}/seed{{seed}}/{{name}}",
-            seed=SEEDS, name=["checkpoint.pt", "feature_stats.pt"],
+            seed=SEEDS, name=[FILES.CHECKPOINT, FILES.FEATURE_STATS],
         ),
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
         qc=f"{RESULTS}/qc/summary.tsv",
     output:
-        predictions=update(f"{RESULTS}/{{experiment}}/{{variant}}/predictions.csv"),
+        predictions=update(f"{RESULTS}/{{experiment}}/{{variant}}/{FILES.PREDICTIONS_CSV}"),
         heatmaps=update(
             report(
-                directory(f"{RESULTS}/{{experiment}}/{{variant}}/heatmaps"),
+                directory(f"{RESULTS}/{{experiment}}/{{variant}}/{FILES.HEATMAPS_DIR}"),
                 patterns=["{slide}.png"],
                 caption="../report/heatmap.rst",
                 category="{experiment}",

@@ -37,12 +37,12 @@ rule train:
         splits=ancient(f"{RESULTS}/splits.tsv"),
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
     output:
-        checkpoint=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/checkpoint.pt"),
-        stats=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/feature_stats.pt"),
-        history=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/history.csv"),
-        metrics=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/metrics.json"),
+        checkpoint=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.CHECKPOINT}"),
+        stats=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.FEATURE_STATS}"),
+        history=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.HISTORY_CSV}"),
+        metrics=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.METRICS_JSON}"),
         predictions=update(
-            f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/test_predictions.csv"
+            f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.TEST_PREDICTIONS_CSV}"
         ),
     params:
         split_plan=SPLIT_PLAN,
