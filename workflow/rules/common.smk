@@ -25,9 +25,9 @@ _python_path = "" if DeploymentMethod.CONDA in workflow.deployment_settings.depl
 )
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; {_python_path}")
 
+from span import outputs as FILES
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
-from span import outputs as FILES
 from span.models.registry import MODELS as MODEL_NAMES
 from span.settings.options import cli_options, declared
 from span.settings.stages import (
