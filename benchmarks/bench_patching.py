@@ -12,7 +12,8 @@ the same physical size: span's default 224 px at 0.5 um/px, i.e. span's `patch_s
 (from its output's attributes: 448 px on the 40x slide, 224 on CMU-1) for CLAM, and
 224 px at mpp 0.5 for LazySlide.
 
-- span: `python -m span patch` with its defaults (this interpreter: the project's venv).
+- span: `python -m span patch` with its defaults (this interpreter: the project's venv), and
+  again segmenting as coarsely as CLAM does (`--seg-mpp 16 --qc-max-side 640`; not the default).
 - CLAM: `create_patches_fp.py --seg --patch --stitch --patch_size P --step_size P` at commit
   CLAM_COMMIT, run by this interpreter (the project's venv has everything CLAM's patching
   imports). --clam-dir is a CLAM checkout or a git repository holding that commit (e.g. a
@@ -25,7 +26,7 @@ the same physical size: span's default 224 px at 0.5 um/px, i.e. span's `patch_s
 After the table, one instrumented span run on the large slide shows where its time goes.
 
     .venv/bin/python benchmarks/bench_patching.py [--repeats 3] [--workdir /tmp/span-bench]
-        [--clam-dir DIR] [--lazyslide-python PY] [--tools span clam lazyslide]
+        [--clam-dir DIR] [--lazyslide-python PY] [--tools span span-coarse clam lazyslide]
 """
 
 from __future__ import annotations
@@ -126,17 +127,23 @@ def h5_rows(path: Path) -> int:
         return len(f["coords"])
 
 
-def span_tool() -> Tool:
-    """`python -m span patch` with its defaults."""
+SPAN = "span patch"
+#: span segmenting as coarsely as CLAM does (16 um/px) with a smaller QC image: not the default.
+SPAN_COARSE = "span patch --seg-mpp 16"
+COARSE_OPTIONS = ("--seg-mpp", "16", "--qc-max-side", "640")
+
+
+def span_tool(name: str = SPAN, options: tuple[str, ...] = ()) -> Tool:
+    """`python -m span patch` with its defaults, or with `options`."""
 
     def command(slide: Path, out: Path, ps0: int) -> list[str]:
         return [
             *(sys.executable, "-m", "span", "patch", "--slide", str(slide)),
             *("--slide-id", slide.stem, "--out", str(out / "span.h5")),
-            *("--qc", str(out / "span.png")),
+            *("--qc", str(out / "span.png"), *options),
         ]
 
-    return Tool("span patch", command, lambda slide, out: h5_rows(out / "span.h5"))
+    return Tool(name, command, lambda slide, out: h5_rows(out / "span.h5"))
 
 
 def span_patch_side(slide: Path, out: Path) -> int:
@@ -249,7 +256,7 @@ def measure(tools: list[Tool], slide: Path, ps0: int, repeats: int, out: Path) -
             if tool.name in failed:
                 continue
             try:
-                run = run_tool(tool, slide, ps0, out / tool.name.split()[0])
+                run = run_tool(tool, slide, ps0, out / f"tool{tools.index(tool)}")
             except (ToolFailed, OSError, KeyError) as exc:
                 failed[tool.name] = str(exc)
                 continue
@@ -282,16 +289,19 @@ def summary(runs: list[Run]) -> tuple[float, float]:
 def print_ratios(result: dict, goal: bool) -> None:
     """span/peer time and memory ratios; on the large slide, whether the goal is met."""
     ok = {n: summary(r) for n, r in result["runs"].items() if n not in result["failed"]}
-    span = ok.get("span patch")
+    peers = {n: v for n, v in ok.items() if not n.startswith("span")}
+    for mine in (SPAN, SPAN_COARSE):
+        if mine not in ok:
+            continue
+        for name, (seconds, peak) in peers.items():
+            print(
+                f"  {mine} / {name.split()[0]}: time {ok[mine][0] / seconds:.2f} "
+                f"({seconds / ok[mine][0]:.2f}x faster), peak memory {ok[mine][1] / peak:.2f}"
+            )
+    span = ok.get(SPAN)
     if span is None:
         return
-    for name, (seconds, peak) in ok.items():
-        if name != "span patch":
-            print(
-                f"  span/{name.split()[0]}: time {span[0] / seconds:.2f} "
-                f"({seconds / span[0]:.2f}x faster), peak memory {span[1] / peak:.2f}"
-            )
-    clam = next((v for n, v in ok.items() if n.startswith("CLAM")), None)
+    clam = next((v for n, v in peers.items() if n.startswith("CLAM")), None)
     if goal:
         speedup = f"{clam[0] / span[0]:.2f}x" if clam else "n/a (no CLAM run)"
         met = clam is not None and clam[0] / span[0] >= GOAL_SPEEDUP and span[1] <= GOAL_PEAK_MB
@@ -391,6 +401,8 @@ def print_phases(slide: Path, out: Path) -> None:
 def build_tools(args: argparse.Namespace, tmp: Path) -> list[Tool]:
     """The tools asked for that can run here (span always first)."""
     tools = [span_tool()] if "span" in args.tools else []
+    if "span-coarse" in args.tools:
+        tools.append(span_tool(SPAN_COARSE, COARSE_OPTIONS))
     if "clam" in args.tools and (clam := obtain_clam(args.clam_dir, tmp)):
         tools.append(clam_tool(clam))
     if "lazyslide" in args.tools and (python := obtain_lazyslide(args.lazyslide_python)):
@@ -423,8 +435,8 @@ def main() -> None:
     parser.add_argument(
         "--tools",
         nargs="+",
-        choices=["span", "clam", "lazyslide"],
-        default=["span", "clam", "lazyslide"],
+        choices=["span", "span-coarse", "clam", "lazyslide"],
+        default=["span", "span-coarse", "clam", "lazyslide"],
     )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
