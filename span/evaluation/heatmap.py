@@ -74,9 +74,10 @@ def render_heatmap(
         max(1, round(rows * patch_size0 / downsample)),
     )
     painted = cv2.resize(levels, size, interpolation=cv2.INTER_NEAREST)[:h, :w]
-    covered = np.zeros((h, w), bool)
-    covered[: painted.shape[0], : painted.shape[1]] = painted >= 0
+    canvas = np.full((h, w), -1, np.int16)
+    canvas[: painted.shape[0], : painted.shape[1]] = painted
+    covered = canvas >= 0
     out = image.copy()
-    colours = _viridis_table()[painted[covered[: painted.shape[0], : painted.shape[1]]]]
+    colours = _viridis_table()[canvas[covered]]
     out[covered] = ((1 - ALPHA) * image[covered] + ALPHA * colours).astype(np.uint8)
     return out
