@@ -197,6 +197,38 @@ def test_local_checkpoint_weights_are_really_used(tiny, tmp_path, fmt):
     assert not torch.allclose(got, random, atol=1e-2)
 
 
+def test_imagenet_weights_are_the_named_ones_not_torchvisions_default(monkeypatch):
+    """ResNet-50 gets IMAGENET1K_V1, CLAM's weights, although torchvision's DEFAULT is V2
+    (features from V2 would not match imported CLAM features); no download is made."""
+    from torchvision import models
+
+    requested = {}
+    monkeypatch.setattr(
+        models, "get_model", lambda arch, weights: requested.setdefault(arch, weights)
+    )
+    for info in ENCODERS.values():
+        if info.imagenet:
+            build_architecture(info, imagenet=True)
+    assert requested == {
+        "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
+        "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
+    }
+    assert models.ResNet50_Weights.DEFAULT != models.ResNet50_Weights.IMAGENET1K_V1
+
+
+def test_dsmil_instance_norm_checkpoint_is_refused_by_resnet18(tmp_path):
+    """DSMIL's SimCLR ResNet-18 has InstanceNorm layers (no norm weights): refused with one
+    line, never loaded partly."""
+    from torchvision import models
+
+    state = models.resnet18(norm_layer=torch.nn.InstanceNorm2d).state_dict()
+    torch.save(state, tmp_path / "dsmil.pth")
+    for check in (build_encoder, preflight):
+        with pytest.raises(SpanError, match="resnet18") as err:
+            check("resnet18", None, str(tmp_path / "dsmil.pth"))
+        assert "\n" not in str(err.value)
+
+
 def test_wrong_checkpoint_is_refused_with_its_line(tiny, tmp_path):
     """Another architecture's checkpoint: refused by the extraction and by the start-up check,
     naming the encoder and where its weights come from."""

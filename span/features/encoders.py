@@ -1,7 +1,7 @@
 """Patch encoders built from the registry (`registry.py`): architecture, output, weights.
 
-ResNet-50 comes from torchvision, the pathology foundation models from timm. Weights are
-`imagenet` (ResNet-50: torchvision's cache, downloaded on first use), `hf-hub` (the model's
+The ResNets come from torchvision, the pathology foundation models from timm. Weights are
+`imagenet` (the ResNets: torchvision's cache, downloaded on first use), `hf-hub` (the model's
 Hugging Face repository, through huggingface_hub's cache), a local checkpoint (state dict or
 safetensors, recorded by sha256) or `random` (seeded, so every slide of a cohort gets the same
 encoder). A checkpoint must fit the architecture tensor by tensor.
@@ -80,7 +80,7 @@ def build_architecture(info: EncoderInfo, imagenet: bool = False) -> nn.Module:
     if info.family == "torchvision":
         from torchvision import models
 
-        weights = models.get_model_weights(info.arch).DEFAULT if imagenet else None
+        weights = models.get_model_weights(info.arch)[info.imagenet] if imagenet else None
         return models.get_model(info.arch, weights=weights)
     import timm
 

@@ -45,7 +45,7 @@ class EncoderInfo:
     std: tuple[float, float, float] = IMAGENET_STD
     mpp: float | None = None  # micrometres per pixel the weights were trained at, if published
     hub_repo: str | None = None  # Hugging Face repository of the weights
-    imagenet: bool = False  # torchvision ImageNet weights exist
+    imagenet: str = ""  # torchvision's ImageNet weights as its enum member, e.g. IMAGENET1K_V1
     amp_dtype: str = "float16"  # CUDA autocast dtype (TRIDENT's); float32 = no autocast
     layout: str = "timm"  # tensor names of the published checkpoint: "timm" or "dinov2-hf"
     licence: str = ""
@@ -77,10 +77,26 @@ ENCODERS: dict[str, EncoderInfo] = {
             arch="resnet50",
             outputs={"penultimate": Output(2048, "layer4"), "layer3": Output(1024, "layer3")},
             default_output="penultimate",
-            imagenet=True,
+            # V1, not torchvision's DEFAULT (V2): the weights CLAM's extractor loads (timm's
+            # resnet50.tv_in1k), so imported CLAM features and extracted ones agree.
+            imagenet="IMAGENET1K_V1",
             licence="BSD-3-Clause (torchvision); open",
             source="torchvision ResNet50_Weights.IMAGENET1K_V1; 224 px without crop and "
             "layer3 = CLAM's extractor (github.com/mahmoodlab/CLAM)",
+        ),
+        EncoderInfo(
+            name="resnet18",
+            title="ResNet-18 (ImageNet)",
+            family="torchvision",
+            arch="resnet18",
+            outputs={"penultimate": Output(512, "layer4"), "layer3": Output(256, "layer3")},
+            default_output="penultimate",
+            imagenet="IMAGENET1K_V1",
+            licence="BSD-3-Clause (torchvision); open",
+            source="torchvision ResNet18_Weights.IMAGENET1K_V1; DSMIL's default backbone "
+            "(github.com/binli123/dsmil-wsi compute_feats.py: --backbone resnet18, 512-d; "
+            "ImageNet weights with --norm_layer batch; its SimCLR checkpoints have InstanceNorm "
+            "layers, which this architecture refuses)",
         ),
         _vit(
             "uni",

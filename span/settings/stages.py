@@ -74,11 +74,11 @@ class EncoderSettings:
         "resnet50", "a name from `span encoders` (checked against span/features/registry.py)"
     )
     layer: str | None = option(
-        None, "the encoder's output; null = its published one (resnet50: penultimate)"
+        None, "the encoder's output; null = its published one (the ResNets: penultimate)"
     )
     weights: str = option(
         "imagenet",
-        "imagenet (resnet50), hf-hub, hf-hub:<owner/name>, random or a checkpoint path",
+        "imagenet (the ResNets), hf-hub, hf-hub:<owner/name>, random or a checkpoint path",
         min_length=1,
     )
 
