@@ -266,6 +266,7 @@ def test_parameter_count_matches_the_paper():
     count = sum(p.numel() for p in SPAN(1024, 2).parameters())
     assert abs(count - 2.37e6) / 2.37e6 < 0.10, count
     assert SPAN(2048, 2).embed.out_features == 512 and SPAN(1024, 2).embed.out_features == 256
+    assert SPAN(512, 2).embed.out_features == 256  # at least MIN_EMBED_DIM, not the paper's 128
 
 
 def test_bad_inputs_are_clear_errors():
