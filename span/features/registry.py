@@ -57,6 +57,23 @@ def _vit(name: str, **facts) -> EncoderInfo:
     return EncoderInfo(name=name, family="timm", **facts)
 
 
+def _resnet(name: str, widths: tuple[int, int], source: str) -> EncoderInfo:
+    """A torchvision ResNet: `penultimate` (layer4) and `layer3` outputs of these widths."""
+    return EncoderInfo(
+        name=name,
+        title=f"ResNet-{name.removeprefix('resnet')} (ImageNet)",
+        family="torchvision",
+        arch=name,
+        outputs={"penultimate": Output(widths[0], "layer4"), "layer3": Output(widths[1], "layer3")},
+        default_output="penultimate",
+        # V1, not torchvision's DEFAULT (V2 for ResNet-50): the weights CLAM's extractor loads
+        # (timm's resnet50.tv_in1k), so imported CLAM features and extracted ones agree.
+        imagenet="IMAGENET1K_V1",
+        licence="BSD-3-Clause (torchvision); open",
+        source=source,
+    )
+
+
 #: The architecture and preprocessing H-optimus-0 and H-optimus-1 share.
 _HOPTIMUS_VIT_G = {
     "arch": "vit_giant_patch14_reg4_dinov2",
@@ -70,29 +87,15 @@ _HOPTIMUS_VIT_G = {
 ENCODERS: dict[str, EncoderInfo] = {
     e.name: e
     for e in (
-        EncoderInfo(
-            name="resnet50",
-            title="ResNet-50 (ImageNet)",
-            family="torchvision",
-            arch="resnet50",
-            outputs={"penultimate": Output(2048, "layer4"), "layer3": Output(1024, "layer3")},
-            default_output="penultimate",
-            # V1, not torchvision's DEFAULT (V2): the weights CLAM's extractor loads (timm's
-            # resnet50.tv_in1k), so imported CLAM features and extracted ones agree.
-            imagenet="IMAGENET1K_V1",
-            licence="BSD-3-Clause (torchvision); open",
+        _resnet(
+            "resnet50",
+            (2048, 1024),
             source="torchvision ResNet50_Weights.IMAGENET1K_V1; 224 px without crop and "
             "layer3 = CLAM's extractor (github.com/mahmoodlab/CLAM)",
         ),
-        EncoderInfo(
-            name="resnet18",
-            title="ResNet-18 (ImageNet)",
-            family="torchvision",
-            arch="resnet18",
-            outputs={"penultimate": Output(512, "layer4"), "layer3": Output(256, "layer3")},
-            default_output="penultimate",
-            imagenet="IMAGENET1K_V1",
-            licence="BSD-3-Clause (torchvision); open",
+        _resnet(
+            "resnet18",
+            (512, 256),
             source="torchvision ResNet18_Weights.IMAGENET1K_V1; DSMIL's default backbone "
             "(github.com/binli123/dsmil-wsi compute_feats.py: --backbone resnet18, 512-d; "
             "ImageNet weights with --norm_layer batch; its SimCLR checkpoints have InstanceNorm "
