@@ -214,6 +214,8 @@ def test_imagenet_weights_are_the_named_ones_not_torchvisions_default(monkeypatc
         "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
     }
     assert models.ResNet50_Weights.DEFAULT != models.ResNet50_Weights.IMAGENET1K_V1
+    monkeypatch.setattr(models, "get_model", lambda arch, weights: models.resnet18())
+    assert build_encoder("resnet18", None, "imagenet").weights == "imagenet:IMAGENET1K_V1"
 
 
 def test_dsmil_instance_norm_checkpoint_is_refused_by_resnet18(tmp_path):

@@ -118,7 +118,7 @@ class Encoder:
     name: str
     layer: str
     feature_dim: int
-    weights: str  # "imagenet", "random", "sha256:<hex>" or "hf-hub:<repo>@<commit>/<file>"
+    weights: str  # "imagenet:<torchvision enum member>", "random", "sha256:<hex>" or "hf-hub:..."
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     input_size: int  # side the encoder sees (after the centre crop)
@@ -173,7 +173,7 @@ def build_encoder(name: str, layer: str | None, weights: str) -> Encoder:
                 "run once with internet access (torchvision caches them under TORCH_HOME) or "
                 "set features.weights to a local checkpoint",
             ) from exc
-        weights_id = "imagenet"
+        weights_id = f"imagenet:{info.imagenet}"  # which ImageNet weights (V1 and V2 differ)
     elif weights == "random":
         log.warning(RANDOM_WEIGHTS_WARNING)
         with torch.random.fork_rng(devices=[]):
