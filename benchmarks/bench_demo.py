@@ -55,28 +55,28 @@ def timed(command: list[str], cwd: Path, log: Path) -> float:
     return time.perf_counter() - t0
 
 
+def _stage(rule: str | None) -> str | None:
+    """The stage a rule belongs to (None for `all` and unknown rules)."""
+    return next((stage for stage, rules in STAGES.items() if rule in rules), None)
+
+
 def stage_spans(snakemake_log: Path) -> dict[str, tuple[datetime, datetime]]:
     """First job start and last job end of each stage, from Snakemake's timestamped log."""
-    stamp, rule_of_job, spans = None, {}, {}
-    rule = None
-    for line in snakemake_log.read_text().splitlines():
-        if m := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line.strip()):
+    stamp, rule, rule_of_job, spans = None, None, {}, {}
+    for line in (line.strip() for line in snakemake_log.read_text().splitlines()):
+        if m := re.fullmatch(r"\[(\w{3} \w{3} +\d+ [\d:]+ \d{4})\]", line):
             stamp = datetime.strptime(" ".join(m.group(1).split()), "%a %b %d %H:%M:%S %Y")
-        elif m := re.fullmatch(r"(?:local)?rule (\w+):", line.strip()):
+        elif m := re.fullmatch(r"(?:local)?rule (\w+):", line):
             rule = m.group(1)
-        elif (m := re.fullmatch(r"jobid: (\d+)", line.strip())) and rule:
+        elif (m := re.fullmatch(r"jobid: (\d+)", line)) and (stage := _stage(rule)):
             rule_of_job[m.group(1)] = rule
-            stage = next((s for s, rules in STAGES.items() if rule in rules), None)
-            if stage:
-                first, last = spans.get(stage, (stamp, stamp))
-                spans[stage] = (min(first, stamp), max(last, stamp))
-        elif m := re.fullmatch(r"Finished job(?:id:)? (\d+)\.?(?: \(.*\))?", line.strip()):
-            stage = next(
-                (s for s, rules in STAGES.items() if rule_of_job.get(m.group(1)) in rules), None
-            )
-            if stage:
-                first, last = spans[stage]
-                spans[stage] = (first, max(last, stamp))
+            first, last = spans.get(stage, (stamp, stamp))
+            spans[stage] = (min(first, stamp), max(last, stamp))
+        elif (m := re.fullmatch(r"Finished job(?:id:)? (\d+)\.?(?: \(.*\))?", line)) and (
+            stage := _stage(rule_of_job.get(m.group(1)))
+        ):
+            first, last = spans[stage]
+            spans[stage] = (first, max(last, stamp))
     return spans
 
 
