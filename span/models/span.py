@@ -29,7 +29,8 @@ from span.models.window_attention import SparseWindowAttention
 
 #: The narrowest default embedding. The paper's D = in_dim / 4 (512 for ResNet-50's 2048-d) would
 #: give 128 for ResNet-18's 512-d features, at which SPAN stayed near chance on the demo cohort
-#: (test AUC 0.67, 0.60, 0.51 over 3 seeds; 1.00, 0.94, 0.96 at 256: README, "Two commands").
+#: (test AUC 0.67, 0.60, 0.51 over 3 seeds; 1.00, 0.94, 0.96 at 256: README, "Features in
+#: one paragraph").
 MIN_EMBED_DIM = 256
 
 
