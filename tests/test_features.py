@@ -114,6 +114,9 @@ def test_float16_storage(small_slide, random_encoder, reference, tmp_path):
     half = read_feature_file(out)
     assert half.features.dtype == np.float16 and half.attrs["dtype"] == "float16"
     np.testing.assert_allclose(half.features, reference.features, rtol=2e-3, atol=2e-2)
+    bare = read_feature_file(out, with_attrs=False)  # what a training epoch reads
+    assert bare.attrs == {} and np.array_equal(bare.features, half.features)
+    assert np.array_equal(bare.grid, half.grid) and np.array_equal(bare.coords, half.coords)
 
 
 def _tiles_by_hand(slide_path: Path, patches: PatchSet) -> torch.Tensor:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -43,6 +44,31 @@ def test_metrics_equal_sklearn(c: int, seed: int) -> None:
     for k in range(c):
         assert m[f"auc_{k}"] == pytest.approx(roc_auc_score(y == k, p[:, k]), abs=1e-12)
     assert m["reasons"] == {}
+
+
+@pytest.mark.parametrize("c", [2, 3])
+def test_metrics_equal_sklearn_on_small_resamples(c: int) -> None:
+    """Resamples of 6 slides: absent classes, classes only predicted, heavy score ties."""
+    y, p = _data(30, c, 11)
+    p = np.round(p, 1)  # many tied scores
+    rng = np.random.default_rng(0)
+    for idx in rng.integers(0, len(y), size=(300, 6)):
+        yi, pi = y[idx], p[idx]
+        pred = pi.argmax(axis=1)
+        m = classification_metrics(yi, pi)
+        assert m["accuracy"] == pytest.approx(accuracy_score(yi, pred), abs=1e-12)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "y_pred contains classes not in y_true"
+            expected = balanced_accuracy_score(yi, pred)
+        assert m["balanced_accuracy"] == pytest.approx(expected, abs=1e-12)
+        f1 = f1_score(yi, pred, labels=list(range(c)), average="macro", zero_division=0)
+        assert m["macro_f1"] == pytest.approx(f1, abs=1e-12)
+        for k in range(c):
+            if 0 < np.sum(yi == k) < len(yi):
+                expected = roc_auc_score(yi == k, pi[:, k])
+                assert m[f"auc_{k}"] == pytest.approx(expected, abs=1e-12)
+            else:
+                assert math.isnan(m[f"auc_{k}"])
 
 
 def test_absent_class_gives_nan_with_reason() -> None:

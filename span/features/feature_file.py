@@ -50,8 +50,13 @@ def write_feature_file(path: str | Path, fs: FeatureSet) -> None:
         write_attrs(f, {**fs.attrs, "feature_dim": fs.feature_dim})
 
 
-def read_feature_file(path: str | Path, expected_dim: int | None = None) -> FeatureSet:
-    """Read and check a features file: datasets present, rows aligned, width as expected."""
+def read_feature_file(
+    path: str | Path, expected_dim: int | None = None, with_attrs: bool = True
+) -> FeatureSet:
+    """Read and check a features file: datasets present, rows aligned, width as expected.
+
+    `with_attrs=False` leaves `attrs` empty: a training epoch reads every bag, and decoding
+    a file's ~40 attributes took two thirds of that read."""
     fix = "delete it and re-run feature extraction (or fix the sample sheet's features path)"
     with open_h5(path, fix) as f:
         require_datasets(f, path, ("features", "coords", "grid"), fix)
@@ -62,7 +67,7 @@ def read_feature_file(path: str | Path, expected_dim: int | None = None) -> Feat
             bad = f["bad_tiles"][:] if "bad_tiles" in f else np.zeros((0, 2), np.int64)
         except OSError as exc:
             raise SpanError(path, f"damaged dataset ({exc})", fix) from exc
-        attrs = read_attrs(f)
+        attrs = read_attrs(f) if with_attrs else {}
     if features.ndim != 2 or len(features) != len(coords) or len(grid) != len(coords):
         raise SpanError(
             path,

@@ -143,7 +143,8 @@ def feature_statistics(bags: list[Bag], feature_dim: int) -> FeatureStats:
     squares = torch.zeros(feature_dim, dtype=torch.float64)
     count = 0
     for bag in bags:
-        x = torch.from_numpy(read_feature_file(bag.features, feature_dim).features).double()
+        fs = read_feature_file(bag.features, feature_dim, with_attrs=False)
+        x = torch.from_numpy(fs.features).double()
         total += x.sum(0)
         squares += (x * x).sum(0)
         count += len(x)
@@ -155,7 +156,7 @@ def feature_statistics(bags: list[Bag], feature_dim: int) -> FeatureStats:
 def load_bag(bag: Bag, feature_dim: int, device: torch.device, stats: FeatureStats | None = None):
     """(features float32 (N, D), grid int64 (N, 2)) of one slide, on `device`, standardised
     with `stats` when given."""
-    fs = read_feature_file(bag.features, expected_dim=feature_dim)
+    fs = read_feature_file(bag.features, expected_dim=feature_dim, with_attrs=False)
     features = torch.from_numpy(fs.features).float()
     if stats is not None:
         features = (features - stats.mean) / stats.std
