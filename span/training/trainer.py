@@ -62,9 +62,7 @@ def seed_everything(seed: int) -> None:
     """Same seed, same run on CPU: torch's generators (all the models draw from) and
     deterministic kernels."""
     torch.manual_seed(seed)
-    # torch.use_deterministic_algorithms sets this flag and also the compiler's (importing
-    # torch._inductor: 2 s of every training job); nothing here is compiled.
-    torch._C._set_deterministic_algorithms(True, warn_only=True)
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 @torch.no_grad()
