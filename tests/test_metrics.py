@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -69,6 +70,23 @@ def test_metrics_equal_sklearn_on_small_resamples(c: int) -> None:
                 assert m[f"auc_{k}"] == pytest.approx(expected, abs=1e-12)
             else:
                 assert math.isnan(m[f"auc_{k}"])
+
+
+def test_auc_is_the_exact_pair_fraction_correctly_rounded() -> None:
+    """Equal AUCs are equal to the last bit, so that early stopping's tie-break on validation
+    loss decides between epochs, not rounding (scikit-learn's trapezoids gave one epoch
+    0.4444444444444445 and the next 0.4444444444444444 on the demo)."""
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        n = int(rng.integers(2, 14))
+        y = rng.integers(0, 2, n)
+        if y.min() == y.max():
+            continue
+        scores = rng.integers(0, 4, n) / 4  # ties
+        pos, neg = scores[y == 1], scores[y == 0]
+        wins = sum(2 * (a > b) + (a == b) for a in pos for b in neg)  # half-pairs
+        exact = float(Fraction(int(wins), 2 * len(pos) * len(neg)))
+        assert auc(y, np.stack([1 - scores, scores], axis=1)) == exact
 
 
 def test_absent_class_gives_nan_with_reason() -> None:
