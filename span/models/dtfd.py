@@ -22,6 +22,12 @@ from span.models.layers import AttentionPool, AttentionScores, InstanceEncoder
 
 DISTILL = ("AFS", "MaxS", "MaxMinS")
 
+#: Seed of the pseudo-bags of an evaluation forward, fresh for every slide: a checkpoint's
+#: predictions do not depend on what drew random numbers before (the reference shuffles from
+#: the global state at test time too, so one checkpoint's test AUC changed with the number of
+#: epochs trained after it).
+EVAL_SHUFFLE_SEED = 0
+
 
 def pseudo_bags(
     n: int, groups: int, generator: torch.Generator | None = None
@@ -53,7 +59,7 @@ class DTFD(MILModel):
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
         self.num_groups, self.distill = num_groups, distill
-        # Shuffle source; None = torch's global RNG. Not saved with the weights.
+        # Shuffle source in training; None = torch's global RNG. Not saved with the weights.
         self.generator = None if seed is None else torch.Generator().manual_seed(seed)
         self.encoder = InstanceEncoder(in_dim, hidden, dropout=0.0, bias=False)
         self.attention = AttentionScores(hidden, attention_hidden, 1, gated=True)
@@ -62,7 +68,10 @@ class DTFD(MILModel):
         self.tier2_classifier = nn.Linear(hidden, n_classes)
 
     def forward(self, features: torch.Tensor, grid: torch.Tensor) -> ModelOutput:
-        bags = pseudo_bags(len(features), self.num_groups, self.generator)
+        generator = (
+            self.generator if self.training else torch.Generator().manual_seed(EVAL_SHUFFLE_SEED)
+        )
+        bags = pseudo_bags(len(features), self.num_groups, generator)
         return self.forward_pseudo_bags(features, [b.to(features.device) for b in bags])
 
     def forward_pseudo_bags(self, features: torch.Tensor, bags: list[torch.Tensor]) -> ModelOutput:
