@@ -279,6 +279,17 @@ def run_dir(experiment, variant, seed):
     return f"{RESULTS}/{experiment}/{variant}/seed{seed}"
 
 
+def draws_heatmaps(w):
+    """Whether the variant's prediction job draws heatmaps (predict.heatmaps)."""
+    return w.variant in config["predict"]["heatmaps"]
+
+
+def heatmaps_first(w):
+    """Job priority: variants with heatmaps train, then predict, before the others, so that
+    their prediction job, the longest, runs beside the other trainings, not alone at the end."""
+    return int(draws_heatmaps(w))
+
+
 def teacher_inputs(w):
     """The same-seed run of the variant's teacher (MHIM), if any."""
     teacher = EXPERIMENTS[w.experiment][w.variant]["teacher"]

@@ -99,10 +99,9 @@ rule predict:
             json.dumps(EXPERIMENTS[w.experiment][w.variant]["hparams"], sort_keys=True)
         ),
         runs=lambda w: " ".join(run_dir(w.experiment, w.variant, s) for s in SEEDS),
-        heatmaps=lambda w, output: (
-            f"--heatmaps {output.heatmaps}" if w.variant in config["predict"]["heatmaps"] else ""
-        ),
+        heatmaps=lambda w, output: f"--heatmaps {output.heatmaps}" if draws_heatmaps(w) else "",
         max_side=config["predict"]["heatmap_max_side"],
+    priority: heatmaps_first
     log:
         f"{RESULTS}/logs/predict/{{experiment}}/{{variant}}.log",
     benchmark:

@@ -56,9 +56,7 @@ rule train:
         hparams=train_hparams,
         out=lambda w: run_dir(w.experiment, w.variant, w.seed),
     threads: config["training"]["threads"]
-    # Variants with heatmaps train first: their prediction job, the longest, then runs beside
-    # the other trainings instead of alone at the end.
-    priority: lambda w: int(w.variant in config["predict"]["heatmaps"])
+    priority: heatmaps_first
     log:
         f"{RESULTS}/logs/train/{{experiment}}/{{variant}}/seed{{seed}}.log",
     benchmark:
