@@ -22,10 +22,10 @@ from span.models.layers import AttentionPool, AttentionScores, InstanceEncoder
 
 DISTILL = ("AFS", "MaxS", "MaxMinS")
 
-#: Seed of the pseudo-bags of an evaluation forward, fresh for every slide: a checkpoint's
-#: predictions do not depend on what drew random numbers before (the reference shuffles from
-#: the global state at test time too, so one checkpoint's test AUC changed with the number of
-#: epochs trained after it).
+#: Seed of the pseudo-bags of an evaluation forward, fresh for every slide, so that a
+#: checkpoint's predictions do not depend on what drew random numbers before them. The reference
+#: shuffles from the global state at test time, as this model did: one checkpoint's test AUC
+#: then changed with the number of epochs trained after it.
 EVAL_SHUFFLE_SEED = 0
 
 
