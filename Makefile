@@ -12,10 +12,13 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 venv: $(STAMP)
 
+# pip byte-compiles one file at a time (34 s here); compileall uses every core (22 s on 2).
+# Like pip, it skips files it cannot compile (torch ships a few in Python 3.12 syntax).
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
-	$(VENV)/bin/python -m pip install --quiet -e '.[test]'
+	$(VENV)/bin/python -m pip install --quiet --no-compile -e '.[test]'
+	$(VENV)/bin/python -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $(STAMP)
 
 demo: $(STAMP)
