@@ -12,7 +12,8 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 venv: $(STAMP)
 
-# pip byte-compiles one file at a time (34 s here); compileall uses every core (22 s on 2).
+# pip byte-compiles one file at a time (34 s here, timed by hand); compileall uses every core
+# (22 s on 2).
 # Like pip, it skips files it cannot compile (torch ships a few in Python 3.12 syntax).
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
