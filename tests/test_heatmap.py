@@ -40,3 +40,20 @@ def test_a_grid_reaching_past_the_thumbnail_is_cut_at_its_edge(write_slide) -> N
     np.testing.assert_array_equal(
         render_heatmap(slide, np.zeros((0, 2), int), 100, np.zeros(0), 128), out * 0 + 200
     )
+
+
+def test_a_slightly_coarser_level_is_read_as_it_is(write_slide) -> None:
+    """Asked for 450 px of a 1536-px slide (3.4x), the thumbnail is pyramid level 1 (4x) as
+    openslide reads it, 384 px, not level 0 decoded and shrunk; at 300 px (5.1x) level 1 is
+    shrunk as before, since level 2 (16x) is more than 1.5x coarser."""
+    import openslide
+
+    rng = np.random.default_rng(1)
+    slide = write_slide(rng.integers(0, 256, (1024, 1536, 3), dtype=np.uint8))
+    image, downsample = thumbnail(slide, 450)
+    with openslide.OpenSlide(slide) as s:
+        level1 = np.asarray(s.read_region((0, 0), 1, s.level_dimensions[1]).convert("RGB"))
+    assert downsample == 4.0
+    np.testing.assert_array_equal(image, level1)
+    image, downsample = thumbnail(slide, 300)
+    assert image.shape == (200, 300, 3) and downsample == 1536 / 300

@@ -8,32 +8,42 @@ from pathlib import Path
 import cv2
 import matplotlib
 import numpy as np
-import openslide
 
-from span.slides.reader import open_slide
+from span.errors import SpanError
+from span.slides.reader import open_slide, read_downsampled
 
 log = logging.getLogger(__name__)
 
 #: Opacity of the heatmap over tissue.
 ALPHA = 0.5
+#: How much coarser than asked a pyramid level may be and still be read for the thumbnail.
+LEVEL_SLACK = 1.5
 
 
 def thumbnail(slide_path: str | Path, max_side: int) -> tuple[np.ndarray, float]:
     """RGB thumbnail whose longest side is at most `max_side`, and level-0 px per thumbnail px.
 
-    A slide whose thumbnail cannot be read (damaged tiles, already left out of its bag) gets a
-    white one of the same size, so its heatmap is still drawn."""
+    A pyramid level up to `LEVEL_SLACK` times coarser than `max_side` asks for is read as it
+    is, a thumbnail a little smaller, rather than a finer level shrunk: on a small slide that
+    finer level is level 0, whose decoding took most of a heatmap's time. A slide whose
+    thumbnail cannot be read (damaged tiles, already left out of its bag) gets a white one of
+    the same size, so its heatmap is still drawn."""
     with open_slide(slide_path) as slide:
-        w0, h0 = slide.dimensions  # before a failed read leaves the handle in an error state
+        w0, h0 = slide.dimensions
+        downsample = max(1.0, max(w0, h0) / max_side)
+        coarser = [
+            d for d in slide.level_downsamples if downsample <= d <= downsample * LEVEL_SLACK
+        ]
+        downsample = min(coarser, default=downsample)
+        size = (max(1, round(w0 / downsample)), max(1, round(h0 / downsample)))
         try:
-            image = np.asarray(slide.get_thumbnail((max_side, max_side)).convert("RGB"))
-        except openslide.OpenSlideError as exc:
+            image = read_downsampled(slide, slide_path, downsample, size)
+        except SpanError as exc:
             log.warning(
                 "%s: thumbnail unreadable (%s): heatmap on a white background", slide_path, exc
             )
-            ds = max(1.0, max(w0, h0) / max_side)
-            image = np.full((max(1, round(h0 / ds)), max(1, round(w0 / ds)), 3), 255, np.uint8)
-        return image, w0 / image.shape[1]
+            image = np.full((size[1], size[0], 3), 255, np.uint8)
+        return image, w0 / size[0]
 
 
 def rank_normalise(scores: np.ndarray) -> np.ndarray:

@@ -204,7 +204,11 @@ class PredictSettings:
     heatmaps: list[str] = option(  # noqa: RUF009 (a field with a default_factory)
         [], "variants (of every experiment) that get attention heatmaps", flag=None
     )
-    heatmap_max_side: int = option(1200, "longest side of a heatmap PNG, pixels", ge=64)
+    heatmap_max_side: int = option(
+        1200,
+        "longest side of a heatmap PNG, pixels (a pyramid level up to 1.5x smaller is used as it is)",
+        ge=64,
+    )
 
 
 #: Config section -> the settings classes whose options it holds (each key in one of them).
