@@ -29,7 +29,7 @@ def thumbnail(slide_path: str | Path, max_side: int) -> tuple[np.ndarray, float]
     thumbnail cannot be read (damaged tiles, already left out of its bag) gets a white one of
     the same size, so its heatmap is still drawn."""
     with open_slide(slide_path) as slide:
-        w0, h0 = slide.dimensions
+        w0, h0 = slide.dimensions  # before a failed read leaves the handle in an error state
         downsample = max(1.0, max(w0, h0) / max_side)
         coarser = [
             d for d in slide.level_downsamples if downsample <= d <= downsample * LEVEL_SLACK

@@ -206,7 +206,7 @@ class PredictSettings:
     )
     heatmap_max_side: int = option(
         1200,
-        "longest side of a heatmap PNG, pixels (a pyramid level up to 1.5x smaller is taken as is)",
+        "longest side of a heatmap PNG, pixels, at most (a slightly smaller level is used as is)",
         ge=64,
     )
 
