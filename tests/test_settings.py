@@ -27,6 +27,7 @@ from span.settings.stages import (
     ExclusionSettings,
     ExtractSettings,
     ImportSettings,
+    JobSettings,
     PatchSettings,
     PredictSettings,
     SplitSettings,
@@ -48,13 +49,21 @@ JSON_TYPES = {
 BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
 
 # Each command with the settings classes whose flags it takes (predict: only the training
-# section's device), and the arguments it requires.
-ONLY = {("predict", TrainSettings): {"device"}}
+# section's device and cache), and the arguments it requires.
+ONLY = {("predict", TrainSettings): {"device", "cache_mb"}}
+BATCH = "--slide-ids s --store d --manifest m"
 COMMANDS = {
     "demo-slide": ([DemoSettings], "--slide-id s --label tumor --out o"),
+    "demo-batch": ([DemoSettings], f"{BATCH} --labels tumor"),
     "patch": ([PatchSettings], "--slide s --slide-id s --out o --qc q"),
+    "patch-batch": ([PatchSettings, JobSettings], f"{BATCH} --slides s"),
     "extract": ([EncoderSettings, ExtractSettings], "--slide s --patches p --out o"),
+    "extract-batch": (
+        [EncoderSettings, ExtractSettings, JobSettings],
+        f"{BATCH} --slides s --patches p",
+    ),
     "import-features": ([ImportSettings], "--features f --slide-id s --out o"),
+    "import-batch": ([ImportSettings, JobSettings], f"{BATCH} --features f"),
     "qc-summary": ([ExclusionSettings], "--out o"),
     "split": ([SplitSettings, ExclusionSettings], "--samples s --classes a b --out o"),
     "train": ([TrainSettings], "--splits s --features-dir f --classes a b --model m --out o"),
@@ -296,16 +305,22 @@ def _dry_run(workdir: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+#: The commands the workflow's rules run (the one-slide ones are for use by hand).
+WORKFLOW_COMMANDS = [
+    c for c in COMMANDS if c not in ("demo-slide", "patch", "extract", "import-features")
+]
+
+
 def test_every_option_reaches_its_command_in_the_workflow(tmp_path):
     """In the demo's planned jobs, each command line carries every option of its settings
-    classes that the config sets (import-features has no job in the demo)."""
+    classes that the config sets (import-batch has no job in the demo)."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     res = _dry_run(tmp_path, "-p", "--forceall")
     assert res.returncode == 0, res.stdout[-3000:]
     lines = [line for line in res.stdout.splitlines() if "python -m span" in line]
-    for command in COMMANDS:
+    for command in WORKFLOW_COMMANDS:
         found = [line + " " for line in lines if re.search(rf"\.log {command} ", line)]
-        assert len(found) > 0 or command == "import-features", command
+        assert len(found) > 0 or command == "import-batch", command
         for _, section, d in _taken(command) if found else []:
             value = CONFIG[section][d.name]
             flag = f"--no-{d.flag[2:]}" if value is False else d.flag

@@ -2,7 +2,8 @@
 excluded.
 
 Its rule (`exclusion_reason`, applied to a features file by `summary_row`) is the one place that
-decides exclusion: no tissue, an imported file without patches, too many unreadable tiles. The
+decides exclusion: a slide that could not be read, no tissue, an imported file without patches,
+too many unreadable tiles. The
 split applies it to the labelled slides (so training never waits for unlabelled ones) and
 training records the result for the report; predictions read the table; so a slide is left out
 everywhere for the same stated reason. This module writes and reads the table.
@@ -35,6 +36,8 @@ COLUMNS = (
 
 #: Shown next to each exclusion reason: what the user can do about it.
 FIXES = {
+    "cannot be read": "fix or replace the slide file, or drop its row (the slide is tried again "
+    "when its file changes)",
     "no tissue": "check the slide and its QC thumbnail; if it has tissue, lower "
     "patching.min_tissue_fraction or try patching.preset: clam",
     "imported": "re-export this slide's features from the tool that made them",
@@ -59,8 +62,13 @@ class Exclusion:
         return f"{self.slide_id}: excluded: {self.reason}. Fix: {self.fix}"
 
 
-def exclusion_reason(total: int, bad: int, imported: bool, max_bad_tile_share: float) -> str:
-    """Why a slide with `total` patches, `bad` of them unreadable, is excluded ('' = kept)."""
+def exclusion_reason(
+    total: int, bad: int, imported: bool, max_bad_tile_share: float, error: str = ""
+) -> str:
+    """Why a slide with `total` patches, `bad` of them unreadable, is excluded ('' = kept);
+    `error` is what stopped its patching or extraction, if anything did."""
+    if error:
+        return f"cannot be read ({error})"
     if total == 0:
         return (
             "imported features file has no patches"
@@ -83,7 +91,7 @@ def summary_row(features_file: str | Path, max_bad_tile_share: float) -> dict:
         a = read_attrs(f)
     imported = a.get("source", "extracted") != "extracted"
     total = int(a.get("tiles_total", rows + bad))
-    reason = exclusion_reason(total, bad, imported, max_bad_tile_share)
+    reason = exclusion_reason(total, bad, imported, max_bad_tile_share, a.get("error", ""))
     return {
         "slide_id": a.get("slide_id", Path(features_file).stem),
         "patches": rows,

@@ -76,6 +76,7 @@ def _predict(args: argparse.Namespace) -> None:
         args.heatmap_max_side,
         args.device,
         Path(args.qc) if args.qc else None,
+        args.cache_mb,
     )
 
 
@@ -126,6 +127,6 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="predictions CSV to write")
     p.add_argument("--heatmaps", help="folder for one heatmap PNG per slide (optional)")
     add_options(p, PredictSettings)
-    add_options(p, TrainSettings, ("device",))
+    add_options(p, TrainSettings, ("device", "cache_mb"))
     p.add_argument("--qc", help="qc/summary.tsv: its excluded slides are not predicted")
     p.set_defaults(func=_predict)

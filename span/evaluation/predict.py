@@ -17,7 +17,8 @@ from span.evaluation.heatmap import render_heatmap
 from span.h5io import open_h5, read_attrs
 from span.models import build_model
 from span.outputs import CHECKPOINT, FEATURE_STATS
-from span.training.bags import Bag, FeatureStats, inspect_cohort, load_bag
+from span.training.bags import Bag, FeatureStats, inspect_cohort
+from span.training.feeder import BagFeeder
 from span.training.run_files import write_predictions
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,12 @@ def run_prediction(
     max_side: int = 1200,
     device: str = "auto",
     qc: Path | None = None,
+    cache_mb: float = 0.0,
 ) -> None:
     """Predict every slide of the sheet with each run's best checkpoint; write the CSV (rows
     per seed, then `mean`) and, with `heatmap_dir`, one PNG per slide that has a slide file.
-    Slides that `qc` (qc/summary.tsv) excludes are not predicted."""
+    Slides that `qc` (qc/summary.tsv) excludes are not predicted. Up to `cache_mb` of features
+    are read once for all the runs."""
     samples = load_sample_sheet(samples_tsv, classes)
     if qc is not None:
         excluded = {e.slide_id: e.reason for e in read_exclusions(qc)}
@@ -57,19 +60,21 @@ def run_prediction(
     gone = {slide for slide, _ in cohort.excluded}
     bags = [b for b in bags if b.slide_id not in gone]
     dev = resolve_device(device)
+    feeder = BagFeeder(cohort.feature_dim, dev, cache_mb=cache_mb)  # raw: each run standardises
     probs = np.zeros((len(run_dirs), len(bags), len(classes)))
     scores: dict[str, np.ndarray] = {}
     grids: dict[str, np.ndarray] = {}
     for r, run in enumerate(run_dirs):
         model = build_model(model_name, cohort.feature_dim, len(classes), **hparams).to(dev)
         stats = FeatureStats.load(run / FEATURE_STATS)
+        mean, std = stats.mean.to(dev), stats.std.to(dev)
         model.load_state_dict(torch.load(run / CHECKPOINT, map_location=dev, weights_only=True))
         model.eval()
         with torch.no_grad():
-            for b, bag in enumerate(bags):
-                features, grid = load_bag(bag, cohort.feature_dim, dev, stats)
+            for b, features, grid in feeder(bags):
+                bag = bags[b]
                 grids[bag.slide_id] = grid.cpu().numpy()
-                out = model(features, grid)
+                out = model((features - mean) / std, grid)
                 probs[r, b] = out.logits.float().softmax(-1).cpu().numpy()
                 patch = out.patch_scores.float().cpu().numpy() / len(run_dirs)
                 scores[bag.slide_id] = scores.get(bag.slide_id, 0) + patch

@@ -5,26 +5,45 @@ from __future__ import annotations
 import argparse
 import logging
 
+from span.batches import SlideStore, add_batch_arguments, batch_rows
 from span.settings.options import add_options, values_for
-from span.settings.stages import EncoderSettings, ExtractSettings, ImportSettings
+from span.settings.stages import EncoderSettings, ExtractSettings, ImportSettings, JobSettings
 
 log = logging.getLogger(__name__)
 
 
-def _extract(args: argparse.Namespace) -> None:
+def _options(args: argparse.Namespace):
+    """The parsed options as ExtractOptions (a bad combination is a usage error), with torch's
+    threads set."""
     import torch
 
-    from span.features.encoders import build_encoder
-    from span.features.extract import ExtractOptions, extract_slide
+    from span.features.extract import ExtractOptions
 
     try:
-        values = values_for(ExtractOptions, args)
-        options = ExtractOptions(**values)
+        options = ExtractOptions(**values_for(ExtractOptions, args))
     except ValueError as exc:
         args.parser.error(str(exc))
     torch.set_num_threads(args.threads)
+    return options
+
+
+def _extract(args: argparse.Namespace) -> None:
+    from span.features.encoders import build_encoder
+    from span.features.extract import extract_slide
+
+    options = _options(args)
     encoder = build_encoder(args.encoder, args.layer, args.weights)
     extract_slide(args.slide, args.patches, args.out, encoder, options)
+
+
+def _extract_batch(args: argparse.Namespace) -> None:
+    from span.features.encoders import build_encoder
+    from span.features.extract_batch import run_extract_batch
+
+    slides = batch_rows(args, "slides", "patches")
+    options = _options(args)
+    encoder = build_encoder(args.encoder, args.layer, args.weights)
+    run_extract_batch(slides, SlideStore(args.store), args.manifest, encoder, options, args.strict)
 
 
 def _encoders(args: argparse.Namespace) -> None:
@@ -52,6 +71,20 @@ def _import(args: argparse.Namespace) -> None:
     log.info("%s: imported %d x %d features -> %s", args.slide_id, *fs.features.shape, args.out)
 
 
+def _import_batch(args: argparse.Namespace) -> None:
+    from span.features.interop import run_import_batch
+
+    run_import_batch(
+        batch_rows(args, "features"),
+        SlideStore(args.store),
+        args.manifest,
+        args.import_patch_size_level0,
+        args.import_encoder,
+        args.import_layer,
+        args.strict,
+    )
+
+
 def register(stages: argparse._SubParsersAction) -> None:
     """Add the feature-stage subcommands."""
     p = stages.add_parser(
@@ -67,6 +100,21 @@ def register(stages: argparse._SubParsersAction) -> None:
     add_options(p, EncoderSettings)
     add_options(p, ExtractSettings)
     p.set_defaults(func=_extract, parser=p)
+
+    b = stages.add_parser(
+        "extract-batch",
+        help="`span extract` for many slides in one process, into a store (the workflow's jobs)",
+        description="Build the encoder once and encode each slide into STORE/<id>.h5, reading "
+        "the next slide's tiles while the current one encodes; reuse the slides already stored "
+        "under the same inputs and settings, resume a half-done one from its last flush, and "
+        "write a manifest with each slide's outcome. A slide that cannot be opened gets an "
+        "empty features file recording why (excluded) unless --strict.",
+    )
+    add_batch_arguments(b, "slides", "patches")
+    add_options(b, EncoderSettings)
+    add_options(b, ExtractSettings)
+    add_options(b, JobSettings)
+    b.set_defaults(func=_extract_batch, parser=b)
 
     e = stages.add_parser(
         "encoders",
@@ -88,3 +136,13 @@ def register(stages: argparse._SubParsersAction) -> None:
     q.add_argument("--out", required=True, help="features HDF5 to write")
     add_options(q, ImportSettings)
     q.set_defaults(func=_import)
+
+    r = stages.add_parser(
+        "import-batch",
+        help="`span import-features` for many slides in one process, into a store (the "
+        "workflow's jobs)",
+    )
+    add_batch_arguments(r, "features")
+    add_options(r, ImportSettings)
+    add_options(r, JobSettings)
+    r.set_defaults(func=_import_batch, parser=r)

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from span.device import resolve_device
 from span.errors import SpanError
 from span.features.encoders import Encoder
 from span.features.feature_file import FEATURE_DTYPES
-from span.features.tiles import SlideTiles, worker_init
+from span.features.tiles import CohortTiles, SlideTiles, worker_init
 from span.h5io import write_attrs
 from span.settings.stages import ExtractSettings, tile_workers
 from span.slides.patch_file import PatchSet, read_patch_file
@@ -60,14 +61,14 @@ def partial_path(out: Path) -> Path:
     return out.with_name(f".{out.stem}.partial.h5")
 
 
-def _fingerprint(slide: Path, patches: PatchSet, encoder: Encoder, dtype: str) -> str:
+def extraction_key(slide: Path, patches: PatchSet, encoder: Encoder, dtype: str) -> str:
     """Everything the stored rows depend on: resuming is only allowed when it matches."""
     stat = slide.stat()
     return json.dumps(
         {
             "slide": [str(slide.resolve()), stat.st_size, stat.st_mtime_ns],
             "coords": hashlib.sha1(np.ascontiguousarray(patches.coords).tobytes()).hexdigest(),
-            "read": [patches.attrs["patch_level"], patches.attrs["patch_size"]],
+            "read": [patches.attrs.get("patch_level"), patches.attrs.get("patch_size")],
             "encoder": [
                 encoder.name,
                 encoder.layer,
@@ -185,6 +186,18 @@ def encode_tiles(
         return encoder.model(x).float()
 
 
+@dataclass
+class SlideJob:
+    """One slide to encode: its patches, its partial file, and what to do once it is complete
+    (`finish` receives the job and returns the coords of its unreadable tiles)."""
+
+    slide_id: str
+    slide_path: Path
+    patches: PatchSet
+    partial: PartialFeatures
+    finish: Callable[[SlideJob], np.ndarray]
+
+
 def extract_slide(
     slide_path: str | Path,
     patch_file: str | Path,
@@ -196,36 +209,56 @@ def extract_slide(
     could not be read (left out of the features)."""
     slide_path, out = Path(slide_path), Path(out)
     patches = read_patch_file(patch_file)
-    n, slide_id = len(patches), patches.attrs.get("slide_id", out.stem)
+    slide_id = patches.attrs.get("slide_id", out.stem)
     open_slide(slide_path).close()  # a missing, unreadable or damaged file: one clear line
-    _warn_magnification(encoder, patches, slide_id)
+    warn_magnification(encoder, patches)
     device = resolve_device(options.device)
-    flush_every = max(1, options.flush_every // options.batch_size) * options.batch_size
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = PartialFeatures(
         partial_path(out),
-        n,
+        len(patches),
         encoder.feature_dim,
         options.dtype,
-        _fingerprint(slide_path, patches, encoder, options.dtype),
+        extraction_key(slide_path, patches, encoder, options.dtype),
     )
+    bad: list[np.ndarray] = []
+
+    def finish(job: SlideJob) -> np.ndarray:
+        bad.append(
+            job.partial.finalize(
+                out, job.patches, feature_attrs(job.patches, encoder, options, device)
+            )
+        )
+        return bad[-1]
+
     try:
-        _encode_remaining(slide_path, patches, encoder, options, device, partial, flush_every)
-        attrs = {
-            **patches.attrs,
-            "encoder": encoder.name,
-            "layer": encoder.layer,
-            "feature_dim": encoder.feature_dim,
-            "weights": encoder.weights,
-            "encoder_version": encoder.version,
-            "dtype": options.dtype,
-            "device": device.type,
-            "source": "extracted",
-            "software": f"span-wsi {span.__version__}",
-        }
-        bad = partial.finalize(out, patches, attrs)
+        encode_jobs(
+            [SlideJob(slide_id, slide_path, patches, partial, finish)], encoder, options, device
+        )
     finally:
         partial.close()
+    return bad[0]
+
+
+def feature_attrs(
+    patches: PatchSet, encoder: Encoder, options: ExtractOptions, device: torch.device
+) -> dict:
+    """The features file's attributes: the patch file's, the encoder's and how it ran."""
+    return {
+        **patches.attrs,
+        "encoder": encoder.name,
+        "layer": encoder.layer,
+        "feature_dim": encoder.feature_dim,
+        "weights": encoder.weights,
+        "encoder_version": encoder.version,
+        "dtype": options.dtype,
+        "device": device.type,
+        "source": "extracted",
+        "software": f"span-wsi {span.__version__}",
+    }
+
+
+def _report_bad_tiles(slide_id: str, bad: np.ndarray, n: int) -> None:
     if len(bad):
         log.warning(
             "%s: %d of %d tiles (%.1f%%) could not be read and are left out of the bag "
@@ -237,51 +270,55 @@ def extract_slide(
             100 * len(bad) / n,
             [tuple(c) for c in bad[:5].tolist()],
         )
-    return bad
 
 
-def _warn_magnification(encoder: Encoder, patches: PatchSet, slide_id: str) -> None:
+def warn_magnification(encoder: Encoder, patches: PatchSet) -> None:
     """Say so when the patches are not at the resolution the encoder's weights were trained at."""
     target = patches.attrs.get("target_mpp")
     if encoder.mpp and target and abs(float(target) / encoder.mpp - 1) > 0.05:
         log.warning(
-            "%s: patches are at %.3g um/px but %s was trained at %.3g um/px (set "
+            "patches are at %.3g um/px but %s was trained at %.3g um/px (set "
             "patching.target_mpp to match)",
-            slide_id,
             float(target),
             encoder.name,
             encoder.mpp,
         )
 
 
-def _encode_remaining(
-    slide_path: Path,
-    patches: PatchSet,
-    encoder: Encoder,
-    options: ExtractOptions,
-    device: torch.device,
-    partial: PartialFeatures,
-    flush_every: int,
+def encode_jobs(
+    jobs: Sequence[SlideJob], encoder: Encoder, options: ExtractOptions, device: torch.device
 ) -> None:
-    """Encode patches from the partial file's `done` onwards, flushing every `flush_every`."""
-    n, start = len(patches), partial.done
-    if start >= n:  # complete already, or no patches at all: no reader workers to start
+    """Encode the remaining patches of every job through one DataLoader (its workers read ahead
+    across slides), flushing each slide's rows every `flush_every` patches and calling its
+    `finish` once it is complete."""
+    flush_every = max(1, options.flush_every // options.batch_size) * options.batch_size
+    pending = []
+    for job in jobs:
+        if job.partial.done >= len(job.patches):  # complete already, or no patches at all
+            _report_bad_tiles(job.slide_id, job.finish(job), len(job.patches))
+        else:
+            pending.append(job)
+    if not pending:
         return
-    slide_id = patches.attrs.get("slide_id", slide_path.stem)
-    workers = tile_workers(options.num_workers, n - start)
     encoder.model.to(device).to(memory_format=torch.channels_last)
-    dataset = SlideTiles(
-        slide_path,
-        patches.coords,
-        patches.attrs["patch_level"],
-        patches.attrs["patch_size"],
-        encoder.resize_to,
-        start=start,
-        crop_size=encoder.input_size,
+    dataset = CohortTiles(
+        [
+            SlideTiles(
+                job.slide_path,
+                job.patches.coords,
+                job.patches.attrs["patch_level"],
+                job.patches.attrs["patch_size"],
+                encoder.resize_to,
+                start=job.partial.done,
+                crop_size=encoder.input_size,
+            )
+            for job in pending
+        ]
     )
+    workers = tile_workers(options.num_workers, len(dataset), gpu=device.type == "cuda")
     loader = DataLoader(
         dataset,
-        batch_size=options.batch_size,
+        batch_sampler=dataset.batches(options.batch_size),
         num_workers=workers,
         worker_init_fn=worker_init if workers else None,
         # A fresh process, not a fork: OpenCV's and OpenMP's thread pools do not survive
@@ -292,17 +329,23 @@ def _encode_remaining(
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers else None,
     )
-    feats, oks = [], []
-    pending_from = start
-    bar = tqdm(total=n, initial=start, desc=slide_id, unit="patch", mininterval=5, leave=False)
+    feats: list[np.ndarray] = []
+    oks: list[np.ndarray] = []
+    current = -1
+    pending_from = 0
+    bar = tqdm(total=len(dataset), desc="patches", unit="patch", mininterval=5, leave=False)
     with torch.inference_mode():
-        for tiles, index, ok in loader:
+        for tiles, slide_no, index, ok in loader:
+            j = int(slide_no[0])
+            job = pending[j]
+            if j != current:
+                current, pending_from = j, job.partial.done
             f = encode_tiles(encoder, tiles, device, options.amp)
             finite = torch.isfinite(f).all(dim=1)
             if not finite.all():
                 where = index[~finite.cpu()][:5].tolist()
                 raise SpanError(
-                    slide_path,
+                    job.slide_path,
                     f"non-finite features for patches {where} (encoder {encoder.name}, "
                     f"weights {encoder.weights})",
                     "check the encoder checkpoint; on a GPU try features.amp: false",
@@ -310,10 +353,13 @@ def _encode_remaining(
             feats.append(f.cpu().numpy().astype(FEATURE_DTYPES[options.dtype]))
             oks.append(ok.numpy())
             bar.update(len(index))
+            n = len(job.patches)
             buffered = sum(len(x) for x in feats)
             if buffered >= flush_every or pending_from + buffered == n:
-                partial.write(pending_from, np.concatenate(feats), np.concatenate(oks))
+                job.partial.write(pending_from, np.concatenate(feats), np.concatenate(oks))
                 pending_from += buffered
                 feats, oks = [], []
-                log.info("%s: flushed %d/%d patches", slide_id, pending_from, n)
+                log.info("%s: flushed %d/%d patches", job.slide_id, pending_from, n)
+            if pending_from == n:
+                _report_bad_tiles(job.slide_id, job.finish(job), n)
     bar.close()

@@ -7,11 +7,13 @@ checked, put on the global grid (grid = coords // patch_size_level0) and rewritt
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import h5py
 import numpy as np
 
+from span.batches import BatchItem, SlideOutcome, SlideStore, file_identity, key_of, run_batch
 from span.errors import SpanError
 from span.features.feature_file import FeatureSet, write_feature_file
 from span.h5io import open_h5, read_attrs, require_datasets
@@ -278,3 +280,43 @@ def _provenance(
             f"(features.import_{key}, meant for files that do not record one)"
         ]
     return str(value), []
+
+
+def run_import_batch(
+    slides: Sequence[tuple[str, str | Path]],
+    store: SlideStore,
+    manifest: str | Path,
+    patch_size_level0: int | None = None,
+    encoder: str | None = None,
+    layer: str | None = None,
+    strict: bool = False,
+) -> list[SlideOutcome]:
+    """Import many slides' features files (id, source) into `store` and write the manifest. A
+    file that cannot be imported gets an empty features file recording why (the QC summary
+    excludes the slide) unless `strict`."""
+    options = [patch_size_level0, encoder, layer]
+
+    def item(slide_id: str, src: str | Path) -> BatchItem:
+        def make(files: dict[str, Path]) -> str:
+            fs = import_features(src, files[".h5"], slide_id, *options)
+            return f"{len(fs)} patches"
+
+        def exclude(files: dict[str, Path], error: SpanError) -> None:
+            attrs = {
+                "slide_id": slide_id,
+                "source": str(src),
+                "error": f"{error.reason}; {error.fix}",
+            }
+            empty = np.zeros((0, 2), np.int64)
+            write_feature_file(
+                files[".h5"], FeatureSet(np.zeros((0, 0), np.float32), empty, empty, empty, attrs)
+            )
+
+        try:
+            key = key_of("import", slide_id, file_identity(src), options)
+        except OSError:  # gone since the workflow checked it: import_features says why
+            key = key_of("import", slide_id, str(src), "unreadable")
+        return BatchItem(slide_id, key, make, exclude)
+
+    items = [item(slide_id, src) for slide_id, src in slides]
+    return run_batch(items, store, manifest, (".h5",), strict)

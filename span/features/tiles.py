@@ -1,8 +1,10 @@
 """Reading patches as encoder-ready tiles, in parallel DataLoader workers.
 
-Each worker process opens its own slide handle. A failed read is retried once with a fresh
-handle (openslide refuses every read after an error); a tile that still fails comes back blank
-and flagged, and the extraction leaves it out of the slide's features.
+Each worker process opens its own slide handles. The patches of several slides form one dataset
+(`CohortTiles`), so the workers read the next slide's tiles while the current one encodes. A
+failed read is retried once with a fresh handle (openslide refuses every read after an error); a
+tile that still fails comes back blank and flagged, and the extraction leaves it out of the
+slide's features.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -62,6 +65,12 @@ class SlideTiles(Dataset):
             self._pid = os.getpid()
         return self._slide
 
+    def close(self) -> None:
+        """Close this process's handle (reopened on the next read)."""
+        if self._slide is not None and self._pid == os.getpid():
+            self._slide.close()
+        self._slide = None
+
     def read_tile(self, index: int, fresh: bool = False) -> np.ndarray:
         """One patch, read at its level, resized and centre-cropped to the encoder's input."""
         x, y = self.coords[index]
@@ -93,6 +102,40 @@ class SlideTiles(Dataset):
                 self._slide = None  # the handle is in an error state; reopen on next use
         blank = torch.zeros((self.crop_size, self.crop_size, 3), dtype=torch.uint8)
         return blank, index, False
+
+
+class CohortTiles(Dataset):
+    """The patches of several slides as one dataset, slide after slide: item k is (tile, slide
+    number, patch index, ok). A process keeps at most two slides open (the one it reads and
+    the one before, whose last batch another worker may still be reading)."""
+
+    def __init__(self, slides: Sequence[SlideTiles]) -> None:
+        self.slides = list(slides)
+        self.offsets = np.cumsum([0, *(len(s) for s in self.slides)])
+        self._open: list[int] = []  # slides this process holds open, most recent last
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, int, int, bool]:
+        j = int(np.searchsorted(self.offsets, k, side="right")) - 1
+        if not self._open or self._open[-1] != j:
+            if j in self._open:
+                self._open.remove(j)
+            self._open.append(j)
+            while len(self._open) > 2:
+                self.slides[self._open.pop(0)].close()
+        tile, index, ok = self.slides[j][k - int(self.offsets[j])]
+        return tile, j, index, ok
+
+    def batches(self, batch_size: int) -> list[list[int]]:
+        """Batches of item numbers in order, none of them straddling two slides (a DataLoader
+        `batch_sampler`)."""
+        return [
+            list(range(lo, min(lo + batch_size, int(hi))))
+            for lo_slide, hi in zip(self.offsets[:-1], self.offsets[1:], strict=True)
+            for lo in range(int(lo_slide), int(hi), batch_size)
+        ]
 
 
 def worker_init(_: int) -> None:

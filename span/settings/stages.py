@@ -30,6 +30,27 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class JobSettings:
+    """How slides are packed into jobs (the workflow's batches), and what a slide that cannot
+    be read does to its job (`span patch-batch`, `span extract-batch`)."""
+
+    slides_per_job: int = option(
+        50,
+        "slides patched, encoded or imported by one job (one process: start-up paid once); "
+        "on a cluster, one SLURM job each",
+        ge=1,
+        flag=None,
+        speed_only=True,
+    )
+    strict: bool = option(
+        False,
+        "stop a job at the first slide that cannot be read (default: exclude that slide, "
+        "record why, and go on with the others)",
+        speed_only=True,  # the results of readable slides are the same either way
+    )
+
+
+@dataclass(frozen=True)
 class PatchSettings:
     """Tissue segmentation and the global patch grid (`span patch`)."""
 
@@ -93,7 +114,8 @@ class ExtractSettings:
     batch_size: int = option(32, "patches per encoder batch", ge=1, speed_only=True)
     num_workers: int | Literal["auto"] = option(
         "auto",
-        "tile-reading worker processes (auto = none below 1000 patches, else half the CPUs)",
+        "tile-reading worker processes (auto = none below 1000 patches, else half the CPUs; "
+        "all but one when a GPU encodes)",
         ge=0,
         speed_only=True,
     )
@@ -113,14 +135,24 @@ class ExtractSettings:
 AUTO_WORKERS_MIN_PATCHES = 1000
 
 
-def tile_workers(value: int | str, patches: int | None = None) -> int:
+def usable_cpus() -> int:
+    """CPUs this process may run on (a SLURM job's allocation, not the whole node)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        return os.cpu_count() or 1
+
+
+def tile_workers(value: int | str, patches: int | None = None, gpu: bool = False) -> int:
     """`num_workers` as a count for `patches` patches: auto = none below
-    AUTO_WORKERS_MIN_PATCHES, else half the CPUs (at least 1; the other half encodes)."""
+    AUTO_WORKERS_MIN_PATCHES, else half the usable CPUs (the other half encodes), or all but
+    one when a GPU encodes (at least 1)."""
     if value != "auto":
         return int(value)
     if patches is not None and patches < AUTO_WORKERS_MIN_PATCHES:
         return 0
-    return max(1, (os.cpu_count() or 2) // 2)
+    cpus = usable_cpus()
+    return max(1, cpus - 1 if gpu else cpus // 2)
 
 
 @dataclass(frozen=True)
@@ -195,6 +227,13 @@ class TrainSettings:
     )
     device: str = option("auto", _DEVICE_HELP, pattern=DEVICE_PATTERN, speed_only=True)
     threads: int = option(1, "CPU threads of one training job", ge=1, speed_only=True)
+    cache_mb: float = option(
+        4096,
+        "host memory, MB, for keeping slides' features between epochs (0 = read them every "
+        "epoch); a job also predicts its test set from it",
+        ge=0,
+        speed_only=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -213,6 +252,7 @@ class PredictSettings:
 
 #: Config section -> the settings classes whose options it holds (each key in one of them).
 SECTIONS: dict[str, tuple[type, ...]] = {
+    "jobs": (JobSettings,),
     "demo": (DemoSettings,),
     "patching": (PatchSettings,),
     "features": (EncoderSettings, ExtractSettings, ImportSettings, ExclusionSettings),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+import textwrap
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import cv2
@@ -13,11 +15,12 @@ import openslide
 
 import span
 from span.atomic import write_png
+from span.batches import BatchItem, SlideOutcome, SlideStore, file_identity, key_of, run_batch
 from span.errors import SpanError
 from span.settings.stages import PatchSettings
 from span.slides.grid import cell_tissue_fraction, grid_cells, grid_to_coords, select_cells
 from span.slides.patch_file import PatchSet, write_patch_file
-from span.slides.qc import render_qc
+from span.slides.qc import render_message, render_qc
 from span.slides.reader import open_slide, read_downsampled, slide_resolution
 from span.slides.segmentation import SegmentationParams, segment_tissue
 
@@ -174,3 +177,64 @@ def run_patching(
     write_patch_file(out_h5, patches)
     log.info("%s: %d patches -> %s", slide_id, len(patches), out_h5)
     return patches
+
+
+#: The files a patch batch stores per slide (patch HDF5, QC image).
+PATCH_SUFFIXES = (".h5", ".png")
+
+
+def unpatchable(
+    slide_path: str | Path, slide_id: str, error: SpanError
+) -> tuple[PatchSet, np.ndarray]:
+    """The patch file and QC image of a slide that could not be patched: no patches, and the
+    error recorded (`error` attribute), so that the cohort excludes it with that line."""
+    attrs = {
+        "slide_id": slide_id,
+        "slide_path": str(slide_path),
+        "error": f"{error.reason}; {error.fix}",
+        "software": f"span-wsi {span.__version__}",
+        "warnings": [str(error)],
+    }
+    empty = PatchSet(np.zeros((0, 2), np.int64), np.zeros((0, 2), np.int32), np.zeros(0), attrs)
+    title = [f"{slide_id}: not patched, excluded", *textwrap.wrap(str(error), 95)]
+    return empty, render_message(title)
+
+
+def patch_key(slide_path: str | Path, slide_id: str, params: PatchingParams) -> str:
+    """What a slide's patch file and QC image depend on: the slide file and every option."""
+    return key_of("patch", slide_id, file_identity(slide_path), asdict(params))
+
+
+def run_patch_batch(
+    slides: Sequence[tuple[str, str | Path]],
+    store: SlideStore,
+    manifest: str | Path,
+    params: PatchingParams,
+    strict: bool = False,
+) -> list[SlideOutcome]:
+    """Patch many slides (id, path) in one process into `store` (a patch file and a QC image
+    each), reusing the ones whose stored files still match; write the manifest. A slide that
+    cannot be patched is excluded (its files record the error) unless `strict`."""
+
+    def item(slide_id: str, slide_path: str | Path) -> BatchItem:
+        def make(files: dict[str, Path]) -> str:
+            patches, qc = patch_slide(slide_path, slide_id, params)
+            for warning in patches.warnings:
+                log.warning("%s: %s", slide_path, warning)
+            write_png(files[".png"], qc)
+            write_patch_file(files[".h5"], patches)
+            return f"{len(patches)} patches"
+
+        def exclude(files: dict[str, Path], error: SpanError) -> None:
+            patches, qc = unpatchable(slide_path, slide_id, error)
+            write_png(files[".png"], qc)
+            write_patch_file(files[".h5"], patches)
+
+        try:
+            key = patch_key(slide_path, slide_id, params)
+        except OSError:  # gone since the workflow checked it: patch_slide says why
+            key = key_of("patch", slide_id, str(slide_path), "unreadable")
+        return BatchItem(slide_id, key, make, exclude)
+
+    items = [item(slide_id, path) for slide_id, path in slides]
+    return run_batch(items, store, manifest, PATCH_SUFFIXES, strict)

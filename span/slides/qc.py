@@ -55,8 +55,13 @@ def render_qc(
         scaled = cv2.resize(mask.astype(np.uint8), (w, h), interpolation=cv2.INTER_NEAREST)
         contours, _ = cv2.findContours(scaled, cv2.RETR_CCOMP, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(out, contours, -1, colour, 2)
+    return np.concatenate([_header(title, w), out], axis=0)
+
+
+def _header(title: Sequence[str], width: int) -> np.ndarray:
+    """White band with one line of black text per entry of `title`."""
     line_h = 22
-    header = np.full((line_h * len(title) + 8, w, 3), 255, np.uint8)
+    header = np.full((line_h * len(title) + 8, width, 3), 255, np.uint8)
     for i, text in enumerate(title):
         cv2.putText(
             header,
@@ -68,4 +73,11 @@ def render_qc(
             1,
             cv2.LINE_AA,
         )
-    return np.concatenate([header, out], axis=0)
+    return header
+
+
+def render_message(title: Sequence[str], width: int = 900) -> np.ndarray:
+    """The QC image of a slide that could not be patched: its title lines (the error) on a white
+    band above an empty grey panel."""
+    panel = np.full((width // 3, width, 3), 200, np.uint8)
+    return np.concatenate([_header(title, width), panel], axis=0)

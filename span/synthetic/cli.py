@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from span.batches import SlideStore, add_batch_arguments, batch_rows
 from span.settings.options import add_options
 from span.settings.stages import DemoSettings
 from span.synthetic import DEMO_LABELS, DEMO_SLIDES, TASK_NAMES
@@ -28,6 +29,18 @@ def _demo_slide(args: argparse.Namespace) -> None:
         info["pen"],
         args.out,
     )
+
+
+def _demo_batch(args: argparse.Namespace) -> None:
+    from span.synthetic.demo import run_demo_batch
+
+    slides = batch_rows(args, "labels")
+    bad = sorted({label for _, label in slides} - set(DEMO_LABELS))
+    if bad:
+        args.parser.error(
+            f"unknown label(s) {', '.join(bad)}; choose from {', '.join(DEMO_LABELS)}"
+        )
+    run_demo_batch(slides, SlideStore(args.store), args.manifest, seed=args.seed)
 
 
 def _demo_cohort(args: argparse.Namespace) -> None:
@@ -69,6 +82,14 @@ def register(stages: argparse._SubParsersAction) -> None:
     add_options(d, DemoSettings)
     d.add_argument("--out", required=True, help="TIFF to write")
     d.set_defaults(func=_demo_slide)
+
+    b = stages.add_parser(
+        "demo-batch",
+        help="`span demo-slide` for many slides in one process, into a store (the workflow's jobs)",
+    )
+    add_batch_arguments(b, "labels")
+    add_options(b, DemoSettings)
+    b.set_defaults(func=_demo_batch, parser=b)
 
     c = stages.add_parser(
         "demo-cohort", help="write the whole synthetic demo cohort and its sample sheet"

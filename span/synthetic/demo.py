@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 import os
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from span.atomic import write_text_atomic
+from span.batches import BatchItem, SlideOutcome, SlideStore, key_of, run_batch
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic import DEMO_CLASSES, DEMO_LABELS, DEMO_SLIDES
 from span.synthetic.tissue import PATCH_UM, render_tissue
@@ -28,6 +30,22 @@ def demo_slide_ids(n: int = DEMO_SLIDES) -> list[str]:
 def demo_label(index: int) -> str:
     """Label of the demo slide with this index: the classes in turn."""
     return DEMO_CLASSES[index % len(DEMO_CLASSES)]
+
+
+def run_demo_batch(
+    slides: Sequence[tuple[str, str]], store: SlideStore, manifest: str | Path, seed: int = 42
+) -> list[SlideOutcome]:
+    """Render many demo slides (id, label) in one process into `store` (STORE/<id>.tiff),
+    reusing the ones already stored for the same label and seed; write the manifest."""
+
+    def item(slide_id: str, label: str) -> BatchItem:
+        def make(files: dict[str, Path]) -> str:
+            info = make_demo_slide(files[".tiff"], slide_id, label, seed=seed)
+            return f"{label}, {info['width_px']} x {info['height_px']} px at {info['mpp']:g} um/px"
+
+        return BatchItem(slide_id, key_of("demo", slide_id, label, seed), make)
+
+    return run_batch([item(*s) for s in slides], store, manifest, (".tiff",))
 
 
 def demo_slide_options(slide_id: str, seed: int = 42) -> dict:

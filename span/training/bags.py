@@ -1,8 +1,8 @@
-"""Slides as training bags: features read lazily, one slide at a time, with cohort checks.
+"""Slides as training bags (where each slide's features are), with cohort checks.
 
-A cohort of hundreds of slides never sits in memory: each access reads one features file.
-Before training, every file's attributes are checked so that mixed encoders or widths fail
-with one clear message instead of a shape error deep in a model.
+`span.training.feeder` reads them (ahead, and kept in memory up to a budget). Before training,
+every file's attributes are checked so that mixed encoders or widths fail with one clear message
+instead of a shape error deep in a model.
 """
 
 from __future__ import annotations
@@ -151,13 +151,3 @@ def feature_statistics(bags: list[Bag], feature_dim: int) -> FeatureStats:
     mean = total / max(count, 1)
     std = (squares / max(count, 1) - mean * mean).clamp_min(0).sqrt().clamp_min(1e-6)
     return FeatureStats(mean.float(), std.float())
-
-
-def load_bag(bag: Bag, feature_dim: int, device: torch.device, stats: FeatureStats | None = None):
-    """(features float32 (N, D), grid int64 (N, 2)) of one slide, on `device`, standardised
-    with `stats` when given."""
-    fs = read_feature_file(bag.features, expected_dim=feature_dim, with_attrs=False)
-    features = torch.from_numpy(fs.features).float()
-    if stats is not None:
-        features = (features - stats.mean) / stats.std
-    return features.to(device), torch.from_numpy(fs.grid).long().to(device)

@@ -37,6 +37,7 @@ def _train(args: argparse.Namespace) -> None:
         Path(args.out),
         args.device,
         Path(args.add_runtime_of) if args.add_runtime_of else None,
+        args.cache_mb,
     )
 
 

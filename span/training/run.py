@@ -16,6 +16,7 @@ from span.memory import reduce_heap_fragmentation
 from span.models import build_model
 from span.outputs import CHECKPOINT, FEATURE_STATS, METRICS_JSON, TEST_PREDICTIONS_CSV
 from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
+from span.training.feeder import BagFeeder
 from span.training.run_files import (
     read_run_metrics,
     write_run_metrics,
@@ -66,8 +67,10 @@ def run_training(
     out_dir: Path,
     device: str = "auto",
     add_runtime_of: Path | None = None,
+    cache_mb: float = 0.0,
 ) -> dict:
     """Train, keep the best checkpoint, predict the test set; returns `metrics.json`'s content.
+    Up to `cache_mb` of the cohort's features stay in memory between epochs.
 
     Writes checkpoint.pt, feature_stats.pt (identity unless `config.standardize`),
     history.csv, test_predictions.csv and metrics.json into `out_dir`."""
@@ -96,19 +99,10 @@ def run_training(
         else FeatureStats.identity(cohort.feature_dim)
     )
     stats.save(out_dir / FEATURE_STATS)
-    summary = train_model(
-        model,
-        sets["train"],
-        sets["val"],
-        cohort.feature_dim,
-        len(classes),
-        config,
-        out_dir,
-        dev,
-        stats,
-    )
+    feeder = BagFeeder(cohort.feature_dim, dev, stats, cache_mb)
+    summary = train_model(model, sets["train"], sets["val"], len(classes), config, out_dir, feeder)
     model.load_state_dict(torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=True))
-    probs = predict(model, sets["test"], cohort.feature_dim, dev, stats)
+    probs = predict(model, sets["test"], feeder)
     write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, sets["test"], probs, classes)
     metrics = {
         "model": model_name,

@@ -25,7 +25,8 @@ from span.memory import peak_rss_mb, reset_peak_rss
 from span.models.base import MILModel
 from span.outputs import CHECKPOINT, HISTORY_CSV
 from span.training.augment import Augmentation
-from span.training.bags import Bag, FeatureStats, load_bag
+from span.training.bags import Bag
+from span.training.feeder import BagFeeder
 
 log = logging.getLogger(__name__)
 
@@ -66,16 +67,12 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.no_grad()
-def predict(
-    model: MILModel, bags: list[Bag], feature_dim: int, device, stats: FeatureStats | None = None
-) -> np.ndarray:
-    """Class probabilities (len(bags), C), one slide at a time, eval mode."""
+def predict(model: MILModel, bags: list[Bag], feeder: BagFeeder) -> np.ndarray:
+    """Class probabilities (len(bags), C), one slide at a time, eval mode (one transfer to the
+    host at the end)."""
     model.eval()
-    out = []
-    for bag in bags:
-        features, grid = load_bag(bag, feature_dim, device, stats)
-        out.append(model(features, grid).logits.float().softmax(-1).cpu().numpy())
-    return np.stack(out) if out else np.zeros((0, 0))
+    out = [model(features, grid).logits.float().softmax(-1) for _, features, grid in feeder(bags)]
+    return torch.stack(out).cpu().numpy() if out else np.zeros((0, 0))
 
 
 def _class_weights(bags: list[Bag], n_classes: int) -> torch.Tensor:
@@ -97,6 +94,8 @@ class EpochRecord:
     lr: float
     seconds_train: float
     seconds_val: float
+    seconds_compute: float  # the epoch's time (training and validation) less the two below
+    seconds_data_wait: float  # waiting for the next slide's features (read ahead in a thread)
 
 
 #: A validation-AUC tie counts as progress only when the validation loss falls by this much:
@@ -120,16 +119,16 @@ def train_model(
     model: MILModel,
     train_bags: list[Bag],
     val_bags: list[Bag],
-    feature_dim: int,
     n_classes: int,
     config: TrainConfig,
     out_dir: Path,
-    device: torch.device,
-    stats: FeatureStats | None = None,
+    feeder: BagFeeder,
 ) -> dict:
     """Train with early stopping; write `checkpoint.pt` (best state dict) and `history.csv`.
+    `feeder` brings each slide's features to its device (read ahead, cached, standardised).
 
     Returns a summary (epochs, best epoch, runtime per epoch, peak memory)."""
+    device = feeder.device
     model.to(device)
     if config.class_weighted:
         model.set_class_weights(_class_weights(train_bags, n_classes))
@@ -146,6 +145,11 @@ def train_model(
     )
     order = torch.Generator().manual_seed(config.seed)
     augment_rng = torch.Generator().manual_seed(config.seed + 1)
+
+    def augment(features: torch.Tensor, grid: torch.Tensor):
+        return config.augment(features, grid, augment_rng)
+
+    labels = torch.tensor([b.label for b in train_bags], device=device)
     val_labels = np.array([b.label for b in val_bags])
     history: list[EpochRecord] = []
     best, best_epoch, stale = None, 0, 0
@@ -154,18 +158,14 @@ def train_model(
     reset_peak_rss()
     for epoch in range(1, config.epochs + 1):
         t0 = time.perf_counter()
+        waited = feeder.wait_seconds
         model.train()
-        losses = []
+        loss_sum = torch.zeros((), device=device)
         permutation = torch.randperm(len(train_bags), generator=order).tolist()
-        for step, index in enumerate(permutation):
-            bag = train_bags[index]
-            features, grid = load_bag(bag, feature_dim, device, stats)
-            if config.augment.active:
-                features, grid = config.augment(features, grid, augment_rng)
+        transform = augment if config.augment.active else None
+        for step, (index, features, grid) in enumerate(feeder(train_bags, permutation, transform)):
             progress = (epoch - 1 + step / len(train_bags)) / config.epochs
-            loss = model.loss(
-                model(features, grid), torch.tensor(bag.label, device=device), progress
-            )
+            loss = model.loss(model(features, grid), labels[index], progress)
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             model.clip_gradients()
@@ -173,9 +173,10 @@ def train_model(
             optimiser.step()
             scheduler.step()
             model.after_step()
-            losses.append(loss.item())
+            loss_sum += loss.detach()  # on the device: no synchronisation per step
+        train_loss = loss_sum.item() / len(train_bags)
         t1 = time.perf_counter()
-        probs = predict(model, val_bags, feature_dim, device, stats)
+        probs = predict(model, val_bags, feeder)
         val_loss = (
             float(
                 F.nll_loss(
@@ -188,15 +189,10 @@ def train_model(
         )
         val_auc = auc(val_labels, probs) if len(val_bags) else math.nan
         acc = accuracy(val_labels, probs) if len(val_bags) else math.nan
+        t2 = time.perf_counter()
+        wait = feeder.wait_seconds - waited
         record = EpochRecord(
-            epoch,
-            float(np.mean(losses)),
-            val_loss,
-            val_auc,
-            acc,
-            lr,
-            t1 - t0,
-            time.perf_counter() - t1,
+            epoch, train_loss, val_loss, val_auc, acc, lr, t1 - t0, t2 - t1, t2 - t0 - wait, wait
         )
         history.append(record)
         log.info(
@@ -223,6 +219,8 @@ def train_model(
         peak, kind = peak_rss_mb(), "peak RSS (CPU)"
     per_epoch = [r.seconds_train + r.seconds_val for r in history]
     return {
+        "data_wait_share": float(sum(r.seconds_data_wait for r in history) / sum(per_epoch)),
+        "feature_cache_mb": feeder.cached_bytes / 2**20,
         "epochs_run": len(history),
         "best_epoch": best_epoch,
         "best_val_auc": best[0],

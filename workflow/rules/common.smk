@@ -13,6 +13,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod, ExecMode
 from snakemake.utils import validate
+import pandas as pd
 import yaml
 
 # The span package is imported from this checkout, here and in every job's shell, with or
@@ -26,13 +27,14 @@ _python_path = "" if DeploymentMethod.CONDA in workflow.deployment_settings.depl
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; {_python_path}")
 
 from span import outputs as FILES
+from span.batches import STORE_DIR, batch_of, slide_batches
 from span.data.samplesheet import load_sample_sheet, missing_inputs
 from span.errors import SpanError
 from span.models.registry import MODELS as MODEL_NAMES
 from span.settings.options import cli_options, declared
 from span.settings.stages import (
-    SECTIONS, EncoderSettings, ExclusionSettings, ExtractSettings, ImportSettings, PatchSettings,
-    SplitSettings, TrainSettings,
+    SECTIONS, EncoderSettings, ExclusionSettings, ExtractSettings, ImportSettings, JobSettings,
+    PatchSettings, SplitSettings, TrainSettings,
 )
 
 
@@ -146,13 +148,10 @@ try:
     SAMPLES = {s.slide_id: s for s in load_sample_sheet(config["samples"], config["classes"])}
 except SpanError as exc:
     raise WorkflowError(str(exc)) from None
-for sample in SAMPLES.values():
-    try:
-        validate(vars(sample), "../schemas/samples.schema.yaml")
-    except WorkflowError as exc:
-        raise WorkflowError(
-            f"invalid sample sheet {config['samples']}, {_schema_error(exc)}"
-        ) from None
+try:  # all rows at once: the schema is read once, not once per slide
+    validate(pd.DataFrame([vars(s) for s in SAMPLES.values()]), "../schemas/samples.schema.yaml")
+except WorkflowError as exc:
+    raise WorkflowError(f"invalid sample sheet {config['samples']}, {_schema_error(exc)}") from None
 
 
 def is_demo_slide(path, slide_id):
@@ -171,14 +170,65 @@ if _missing:
 PATCHED = sorted(sid for sid, s in SAMPLES.items() if s.needs_patching)
 IMPORTED = sorted(sid for sid, s in SAMPLES.items() if not s.needs_patching)
 FEATURES_DIR = f"{RESULTS}/features/{config['features']['encoder']}-{config['features']['layer']}"
-
-
-def one_of(slide_ids):
-    """Wildcard regex matching exactly these slide ids (never matches when there are none)."""
-    return "|".join(re.escape(s) for s in slide_ids) or "(?!)"
-
-
 LABELLED = sorted(sid for sid, s in SAMPLES.items() if s.label)
+
+
+def one_of(names):
+    """Wildcard regex matching exactly these names (never matches when there are none)."""
+    return "|".join(re.escape(s) for s in names) or "(?!)"
+
+
+# Batch jobs: each patches, encodes, imports or (demo) generates many slides in one process
+# into a hidden store; a per-slide local rule links each slide's stored file into place
+# (span/batches.py, docs/architecture.md "Batches"). A slide's link waits for its batch's
+# manifest, read as ancient: a batch re-run (a slide joined it, or slides_per_job changed)
+# re-links only the slides whose own inputs or options changed.
+PER_JOB = config["jobs"]["slides_per_job"]
+DEMO_MADE = sorted(sid for sid, s in SAMPLES.items() if is_demo_slide(s.path, sid))
+BATCHES = {
+    "demo_slides": slide_batches(DEMO_MADE, DEMO_MADE, PER_JOB),
+    "patch": slide_batches(PATCHED, LABELLED, PER_JOB),
+    "import_features": slide_batches(IMPORTED, LABELLED, PER_JOB),
+}
+BATCH_OF = {rule: batch_of(batches) for rule, batches in BATCHES.items()}
+MANIFESTS = {
+    "demo_slides": f"{RESULTS}/batches/demo_slides",
+    "patch": f"{RESULTS}/batches/patch",
+    "extract": f"{FEATURES_DIR}/batches/extract",
+    "import_features": f"{FEATURES_DIR}/batches/import",
+}
+STORES = {
+    "demo": f"{DEMO_DIR}/{STORE_DIR}",
+    "patches": f"{RESULTS}/patches/{STORE_DIR}",
+    "features": f"{FEATURES_DIR}/{STORE_DIR}",
+}
+
+
+def batch_slides(rule):
+    """Input/params function: the slide ids of a batch job of `rule`'s batches."""
+    return lambda w: BATCHES[rule][w.batch]
+
+
+def manifest_of(rule, slide):
+    """The manifest of the batch job of `rule` that makes `slide`, read as ancient (see above)."""
+    return ancient(f"{MANIFESTS[rule]}/{BATCH_OF['patch' if rule == 'extract' else rule][slide]}.tsv")
+
+
+def batch_runtime(minutes_per_slide, rule):
+    """`runtime` resource (minutes, for a cluster's time limit) of a batch job of `rule`."""
+    return lambda w: 10 + minutes_per_slide * len(BATCHES[rule][w.batch])
+
+
+# Shell of the per-slide link rules: a hard link to the stored file (no copy, no extra disk),
+# a copy where the file system has no hard links.
+LINK = "ln -f {stored} {output} 2>/dev/null || cp {stored} {output}"
+
+
+def slide_set(ids):
+    """A short digest of a set of slide ids: a param of every rule reading the whole cohort,
+    so that dropping a slide re-runs it (the workflow profile turns off Snakemake's `input`
+    trigger, which a batch's changed membership would set off)."""
+    return hashlib.sha1(" ".join(sorted(ids)).encode()).hexdigest()[:16]
 SPLIT_KEY = "|".join(
     f"{s.slide_id}:{s.patient}:{s.label}:{s.split}" for s in SAMPLES.values() if s.label
 )
@@ -197,7 +247,9 @@ SPLIT_PLAN = hashlib.sha1(
 # which recompute them).
 RUNTIME_KEYS = {
     section: tuple(d.name for d in declared(settings) if d.option.speed_only)
-    for section, settings in (("features", ExtractSettings), ("training", TrainSettings))
+    for section, settings in (
+        ("jobs", JobSettings), ("features", ExtractSettings), ("training", TrainSettings)
+    )
 }
 
 
@@ -348,13 +400,17 @@ def runtime_options(section, settings):
 
 
 RUNTIME = {
-    "extract": runtime_options("features", ExtractSettings),
+    "batch": runtime_options("jobs", JobSettings),
+    "extract": " ".join(
+        (runtime_options("features", ExtractSettings), runtime_options("jobs", JobSettings))
+    ),
     "train": runtime_options("training", TrainSettings),
 }
 
 
 wildcard_constraints:
     slide=r"[A-Za-z0-9][A-Za-z0-9._-]*",
+    batch=r"(labelled|unlabelled)-[0-9]+",
     experiment=one_of(EXPERIMENTS),
     variant=one_of({v for variants in EXPERIMENTS.values() for v in variants}),
     seed=r"\d+",

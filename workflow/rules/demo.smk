@@ -1,24 +1,41 @@
-# The synthetic demo cohort: one job per slide listed in the sample sheet under
-# resources/demo/slides/, its label deciding how its tumour cells are arranged.
+# The synthetic demo cohort: batch jobs render the sheet's resources/demo/slides/<slide>.tiff
+# slides (the row's label decides how its tumour cells are arranged) into a hidden store, and a
+# local per-slide rule links each into place (see "Batch jobs" in common.smk).
 
 
 if config["demo"]["generate"]:
 
-    rule demo_slide:
+    rule demo_slides:
+        output:
+            update(f"{MANIFESTS['demo_slides']}/{{batch}}.tsv"),
+        params:
+            ids=batch_slides("demo_slides"),
+            labels=lambda w: [SAMPLES[s].label for s in BATCHES["demo_slides"][w.batch]],
+            seed=config["demo"]["seed"],
+            store=STORES["demo"],
+        log:
+            f"{RESULTS}/logs/demo_slides/{{batch}}.log",
+        benchmark:
+            f"{RESULTS}/benchmarks/demo_slides/{{batch}}.tsv"
+        resources:
+            mem_mb=1500,
+            runtime=batch_runtime(1, "demo_slides"),
+        conda:
+            "../../envs/slides.yaml"
+        shell:
+            "python -m span --log {log} demo-batch --slide-ids {params.ids}"
+            " --labels {params.labels} --seed {params.seed} --store {params.store}"
+            " --manifest {output}"
+
+    rule link_demo_slide:
+        input:
+            lambda w: manifest_of("demo_slides", w.slide),
         output:
             f"{DEMO_DIR}/{{slide}}.tiff",
         params:
             label=lambda w: SAMPLES[w.slide].label,
             seed=config["demo"]["seed"],
-        log:
-            f"{RESULTS}/logs/demo_slide/{{slide}}.log",
-        benchmark:
-            f"{RESULTS}/benchmarks/demo_slide/{{slide}}.tsv"
-        resources:
-            mem_mb=1500,
-            runtime=10,
-        conda:
-            "../../envs/slides.yaml"
+            stored=lambda w: f"{STORES['demo']}/{w.slide}.tiff",
+        localrule: True
         shell:
-            "python -m span --log {log} demo-slide --slide-id {wildcards.slide}"
-            " --label {params.label} --seed {params.seed} --out {output}"
+            LINK.format(stored="{params.stored:q}", output="{output:q}")

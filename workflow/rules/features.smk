@@ -1,57 +1,89 @@
-# Feature stage: one job per slide. Slides with a precomputed `features` file in the sample
-# sheet are imported (grid-snapped) instead of patched and extracted. Then the cohort's QC
-# summary, the one register of excluded slides (it waits for every slide's features).
+# Feature stage. Batch jobs encode many slides each (the encoder built once, the next slide's
+# tiles read while the current one encodes) or import their precomputed CLAM/TRIDENT files
+# (sample-sheet rows with `features`, grid-snapped) into a hidden store; a local per-slide rule
+# links each slide's features file into place (see "Batch jobs" in common.smk). Then the
+# cohort's QC summary, the one register of excluded slides (it waits for every slide).
 
 
 rule extract:
     input:
-        slide=lambda w: SAMPLES[w.slide].path,
-        patches=f"{RESULTS}/patches/{{slide}}.h5",
+        slides=lambda w: [SAMPLES[s].path for s in BATCHES["patch"][w.batch]],
+        patches=lambda w: [f"{RESULTS}/patches/{s}.h5" for s in BATCHES["patch"][w.batch]],
     output:
-        update(f"{FEATURES_DIR}/{{slide}}.h5"),
+        update(f"{MANIFESTS['extract']}/{{batch}}.tsv"),
     params:
+        ids=batch_slides("patch"),
+        store=STORES["features"],
         options=cli_options(
             config["features"], EncoderSettings, ExtractSettings, skip=RUNTIME_KEYS["features"]
         ),
-    wildcard_constraints:
-        slide=one_of(PATCHED),
     threads: config["features"]["threads"]
     log:
-        f"{RESULTS}/logs/extract/{{slide}}.log",
+        f"{RESULTS}/logs/extract/{{batch}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/extract/{{slide}}.tsv"
+        f"{RESULTS}/benchmarks/extract/{{batch}}.tsv"
     resources:
         mem_mb=8000,
-        runtime=240,
+        runtime=batch_runtime(15, "patch"),
         span_runtime=RUNTIME["extract"],
     conda:
         "../../envs/features.yaml"
     shell:
-        "python -m span --log {log} extract --slide {input.slide:q} --patches {input.patches}"
-        " --out {output} --threads {threads} {params.options} {resources.span_runtime}"
+        "python -m span --log {log} extract-batch --slide-ids {params.ids}"
+        " --slides {input.slides:q} --patches {input.patches} --store {params.store}"
+        " --manifest {output} --threads {threads} {params.options} {resources.span_runtime}"
 
 
 rule import_features:
     input:
-        lambda w: SAMPLES[w.slide].features,
+        lambda w: [SAMPLES[s].features for s in BATCHES["import_features"][w.batch]],
     output:
-        update(f"{FEATURES_DIR}/{{slide}}.h5"),
+        update(f"{MANIFESTS['import_features']}/{{batch}}.tsv"),
     params:
+        ids=batch_slides("import_features"),
+        store=STORES["features"],
         options=cli_options(config["features"], ImportSettings),
-    wildcard_constraints:
-        slide=one_of(IMPORTED),
     log:
-        f"{RESULTS}/logs/import_features/{{slide}}.log",
+        f"{RESULTS}/logs/import_features/{{batch}}.log",
     benchmark:
-        f"{RESULTS}/benchmarks/import_features/{{slide}}.tsv"
+        f"{RESULTS}/benchmarks/import_features/{{batch}}.tsv"
     resources:
         mem_mb=4000,
-        runtime=20,
+        runtime=batch_runtime(1, "import_features"),
+        span_runtime=RUNTIME["batch"],
     conda:
         "../../envs/features.yaml"
     shell:
-        "python -m span --log {log} import-features --features {input:q}"
-        " --slide-id {wildcards.slide} --out {output} {params.options}"
+        "python -m span --log {log} import-batch --slide-ids {params.ids} --features {input:q}"
+        " --store {params.store} --manifest {output} {params.options} {resources.span_runtime}"
+
+
+def features_source(w):
+    """What a slide's features file is made from: its batch's manifest (ancient) and its own
+    input (the patch file, or the imported file), whose change re-links it."""
+    if SAMPLES[w.slide].needs_patching:
+        return {"manifest": manifest_of("extract", w.slide),
+                "source": f"{RESULTS}/patches/{w.slide}.h5"}
+    return {"manifest": manifest_of("import_features", w.slide),
+            "source": SAMPLES[w.slide].features}
+
+
+rule link_features:
+    input:
+        unpack(features_source),
+    output:
+        f"{FEATURES_DIR}/{{slide}}.h5",
+    params:
+        options=lambda w: (
+            cli_options(config["features"], EncoderSettings, ExtractSettings,
+                        skip=RUNTIME_KEYS["features"])
+            if SAMPLES[w.slide].needs_patching
+            else cli_options(config["features"], ImportSettings)
+        ),
+        stored=lambda w: f"{STORES['features']}/{w.slide}.h5",
+    localrule: True
+    shell:
+        LINK.format(stored="{params.stored:q}", output="{output:q}")
 
 
 rule qc_summary:
@@ -60,6 +92,7 @@ rule qc_summary:
     output:
         update(f"{RESULTS}/qc/summary.tsv"),
     params:
+        slides=slide_set(SAMPLES),
         max_bad_tile_share=config["features"]["max_bad_tile_share"],
     log:
         f"{RESULTS}/logs/qc_summary.log",
