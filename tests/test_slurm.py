@@ -35,10 +35,22 @@ def profile(path: Path) -> dict:
     return yaml.safe_load((path / "config.yaml").read_text())
 
 
+GPU_RULES = {"extract", "train", "predict"}
+
+
 def workflow_rules() -> set[str]:
-    """Names of every rule in workflow/rules/*.smk."""
+    """Names of every rule in workflow/rules/*.smk that runs as a cluster job (the link_* rules
+    run on the login node: `localrule: True`)."""
     text = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
-    return set(re.findall(r"^\s*rule (\w+):", text, re.MULTILINE))
+    return set(re.findall(r"^\s*rule (\w+):", text, re.MULTILINE)) - {
+        name for name in re.findall(r"^\s*rule (link_\w+):", text, re.MULTILINE)
+    }
+
+
+def test_link_rules_are_local():
+    text = "".join(p.read_text() for p in (REPO / "workflow" / "rules").glob("*.smk"))
+    for block in re.split(r"^\s*rule ", text, flags=re.MULTILINE)[1:]:
+        assert block.startswith("link_") == ("localrule: True" in block), block[:40]
 
 
 def test_workflow_profile_sets_no_key_of_the_slurm_profile():
@@ -69,13 +81,14 @@ def test_cluster_command_parses_to_the_slurm_executor(monkeypatch):
         for rule, resources in args.set_resources.items()
     }
     assert all(re.fullmatch(r"\d+ \* attempt", r["mem_mb"]) for r in raw.values()), raw
-    assert raw["train"]["gpu"] == 1
-    assert "gpu" not in {name for rule, r in raw.items() if rule != "train" for name in r}
+    assert {rule for rule, r in raw.items() if "gpu" in r} == GPU_RULES
+    assert all(raw[rule]["gpu"] == 1 for rule in GPU_RULES)
 
 
 def test_cluster_command_dry_run_gives_jobs_the_slurm_resources(tmp_path):
     """The demo config planned through README's command: training asks for a GPU, 16 GB
-    and one CPU; extraction for 8 GB and its threads."""
+    and one CPU; extraction for a GPU, 8 GB and 8 CPUs (tile readers); the demo's 64 slides
+    make 2 SLURM jobs per slide stage."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     res = subprocess.run(
         # A dry run caps threads at its --cores (default 1); a cluster run does not.
@@ -93,9 +106,12 @@ def test_cluster_command_dry_run_gives_jobs_the_slurm_resources(tmp_path):
         rule = block.split(":", 1)[0]
         resources.setdefault(rule, re.search(r"resources: (.*)", block).group(1).split(", "))
     assert {"mem_mb=16000", "gpu=1", "cpus_per_task=1", "runtime=720"} <= set(resources["train"])
-    threads = yaml.safe_load((REPO / "config/config.yaml").read_text())["features"]["threads"]
-    assert {"mem_mb=8000", f"cpus_per_task={threads}"} <= set(resources["extract"])
-    assert not any(r.startswith("gpu=") for r in resources["extract"])
+    assert {"mem_mb=8000", "gpu=1", "cpus_per_task=8"} <= set(resources["extract"])
+    assert {"mem_mb=8000", "gpu=1"} <= set(resources["predict"])
+    assert not any(r.startswith("gpu=") for r in resources["patch"])
+    jobs = re.findall(r"^(?:local)?rule (\w+):", res.stdout, re.MULTILINE)
+    assert jobs.count("patch") == jobs.count("extract") == jobs.count("demo_slides") == 2
+    assert len([j for j in jobs if j.startswith("link_")]) == 3 * 64
 
 
 # --- A real cluster -----------------------------------------------------------------------
@@ -286,8 +302,10 @@ def clam_features(path: Path, seed: int) -> Path:
 @pytest.mark.slow
 def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
     """profiles/slurm plus a CI overlay (no accounting, no GPU) on a one-node cluster: every
-    rule but demo_slide runs as a SLURM job; a failing job is retried with more memory each
-    time and reported; after its row is dropped the run completes, checked by content."""
+    batch and cohort job runs as a SLURM job, the per-slide links on the login node; the
+    number of submissions is what the batches make. With jobs.strict, the unreadable slide
+    fails its batch job, retried with more memory each time and reported; without, it is
+    excluded and the run completes, checked by content."""
     image, *_ = render_tissue(600, 650, 0.5, tumour=False, seed=40)
     write_pyramidal_tiff(tmp_path / "s0.tiff", image, 0.5, downsamples=(1, 4, 16))
     rows = [("s0", "s0.tiff", "normal", "train", "")]
@@ -295,11 +313,13 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
         features = clam_features(tmp_path / f"s{i}.h5", seed=i)
         rows.append((f"s{i}", "", "tumor" if i % 2 else "normal", split, features.name))
     (tmp_path / "bad.svs").write_bytes(b"II*\x00" + bytes(200))
+    rows.append(("bad", "bad.svs", "", "", ""))
     header = ("slide_id", "path", "label", "split", "features")
-    sheet = write_sheet(tmp_path / "s.tsv", [*rows, ("bad", "bad.svs", "", "", "")], header)
+    sheet = write_sheet(tmp_path / "s.tsv", rows, header)
     config = base_config(sheet)
     config["features"]["import_patch_size_level0"] = 224
     config.update(
+        jobs={"strict": True},
         seeds=[0],
         training={"epochs": 1, "patience": 1, "threads": 1, "standardize": True},
         experiments={
@@ -314,7 +334,9 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
 
     shipped = profile(SLURM_PROFILE)
     set_resources = copy.deepcopy(shipped["set-resources"])
-    assert set_resources["train"].pop("gpu") == 1  # the CI node has no GPU
+    for rule in GPU_RULES:  # the CI node has no GPU: README's one-line override, in the overlay
+        assert set_resources[rule].pop("gpu") == 1
+    set_resources["extract"]["cpus_per_task"] = 1  # a small CI machine
     overlay = {
         # No accounting here: sacct sees no job, so follow them with squeue.
         "slurm-status-command": "squeue",
@@ -341,47 +363,68 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
             text=True,
             timeout=600,
         )
-        submitted = set(re.findall(r"has been submitted with SLURM jobid (\d+)", res.stdout))
-        jobs = [j for j in _slurm_jobs(slurm_env) if j["id"] in submitted]
+        submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", res.stdout)
+        jobs = [j for j in _slurm_jobs(slurm_env) if j["id"] in set(submitted)]
         assert len(jobs) == len(submitted), (submitted, jobs)
         return res, jobs
 
-    # Run 1: the unreadable slide fails its patch job three times (retries: 2), each time
-    # with more memory; everything that does not need it finishes (keep-going).
+    # Run 1 (strict): the batch with the unreadable slide fails three times (retries: 2), each
+    # time with more memory; everything that does not need it finishes (keep-going).
     res, jobs = run()
     assert res.returncode != 0 and "Error in rule patch" in res.stdout, res.stdout[-3000:]
     failed = sorted((j["comment"], j["mem"]) for j in jobs if j["state"] != "COMPLETED")
-    assert failed == [("rule_patch_wildcards_bad", f"{mem}M") for mem in (2000, 4000, 6000)]
-    logs = list((tmp_path / ".snakemake" / "slurm_logs" / "rule_patch" / "bad").glob("*.log"))
+    bad_batch = "rule_patch_wildcards_unlabelled-1"
+    assert failed == [(bad_batch, f"{mem}M") for mem in (2000, 4000, 6000)]
+    logs = list((tmp_path / ".snakemake/slurm_logs/rule_patch/unlabelled-1").glob("*.log"))
     assert len(logs) == 3
     assert all("bad.svs: not a readable slide" in log.read_text() for log in logs)
+    # One job per batch: patch (s0; the bad one 3 times), extract (s0), import (s1-s5), then
+    # the split, 2 trainings and the evaluation. The 6 per-slide links ran on the login node.
+    counts = {}
+    for j in jobs:
+        rule = j["comment"].split("_wildcards_")[0].removeprefix("rule_")
+        counts[rule] = counts.get(rule, 0) + 1
+    assert counts == {
+        "patch": 4,
+        "extract": 1,
+        "import_features": 1,
+        "split": 1,
+        "train": 2,
+        "evaluate": 1,
+    }, counts
+    assert res.stdout.count("localrule link_") == 7  # s0: patches, features; s1-s5: features
     # Training on the default partition with the profile's memory, one CPU, no GPU.
     train = [
         (j["mem"], j["cpus"], j["gres"], j["partition"]) for j in jobs if "train" in j["comment"]
     ]
     assert train == 2 * [("16000M", "1", "N/A", "ci")]
-    rules = {j["comment"].split("_wildcards_")[0].removeprefix("rule_") for j in jobs}
+    rules = set(counts)
 
-    # Run 2: without the bad row, only the QC summary and the predictions are left.
-    write_sheet(sheet, rows, header)
+    # Run 2 (not strict): the bad slide is excluded; its batch's two jobs, the QC summary and
+    # the predictions are left.
+    config["jobs"] = {"strict": False}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     res, jobs = run()
     assert res.returncode == 0, res.stdout[-3000:]
     assert all(j["state"] == "COMPLETED" for j in jobs), jobs
     assert sorted(j["comment"] for j in jobs) == [
+        "rule_extract_wildcards_unlabelled-1",
+        "rule_patch_wildcards_unlabelled-1",
         "rule_predict_wildcards_tiny_abmil",
         "rule_predict_wildcards_tiny_span",
         "rule_qc_summary",
     ]
     rules |= {"predict", "qc_summary"}
-    assert rules == workflow_rules() - {"demo_slide", "sweep_plot"}
+    assert rules == workflow_rules() - {"demo_slides", "sweep_plot"}
 
     out = tmp_path / "results" / "tiny"
-    summary = (out / "qc" / "summary.tsv").read_text().splitlines()
+    summary = {r.split("\t")[0]: r for r in (out / "qc" / "summary.tsv").read_text().splitlines()}
     assert len(summary) == 1 + len(rows)  # header + every slide, patched or imported
+    assert "cannot be read (not a readable slide" in summary["bad"]
     assert "| Method | Accuracy" in (out / "tiny" / "report.md").read_text()
     for variant in ("span", "abmil"):
         with (out / "tiny" / variant / "predictions.csv").open() as f:
             means = [r for r in csv.DictReader(f) if r["run"] == "mean"]
-        assert sorted(r["slide_id"] for r in means) == [r[0] for r in rows]
+        assert sorted(r["slide_id"] for r in means) == [r[0] for r in rows if r[0] != "bad"]
         assert all(abs(float(r["prob_normal"]) + float(r["prob_tumor"]) - 1) < 1e-4 for r in means)
     assert [p.name for p in (out / "tiny" / "span" / "heatmaps").glob("*.png")] == ["s0.png"]

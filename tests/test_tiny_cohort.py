@@ -132,9 +132,23 @@ def test_config_edits_rerun_only_the_affected_stages(tiny_run):
 
     edited = {**config, "patching": {"min_tissue_fraction": 0.5}}
     counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
-    assert counts["patch"] == 9 and counts["qc_summary"] == 1 and counts["extract"] == 9
+    # One batch job per stage for the 8 labelled slides, one for the unlabelled; 9 links each.
+    assert counts["patch"] == counts["extract"] == 2 and counts["qc_summary"] == 1
+    assert counts["link_patches"] == counts["link_features"] == 9
     assert counts["train"] == 8 and counts["evaluate"] == 2 and counts["sweep_plot"] == 1
     assert counts["split"] == 1  # re-checks which slides are excluded
+
+    # The split protocol retrains everything (the sheet's split column keeps the same split).
+    edited = {**config, "splits": {"seed": 7}}
+    counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
+    assert counts == {
+        "split": 1,
+        "train": 8,
+        "evaluate": 2,
+        "predict": 4,
+        "sweep_plot": 1,
+        "all": 1,
+    }, counts
 
     # Options that change speed, never results, re-run nothing.
     edited = {

@@ -14,6 +14,7 @@ from span.errors import SpanError
 from span.features.feature_file import FeatureSet, read_feature_file, write_feature_file
 from span.models import build_model
 from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
+from span.training.feeder import BagFeeder
 from span.training.run import run_training, split_bags
 from span.training.trainer import TrainConfig, predict
 
@@ -117,7 +118,7 @@ def test_same_seed_same_run_and_checkpoint_round_trip(tmp_path):
     with (tmp_path / "a" / "test_predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     bags = [Bag(r["slide_id"], features / f"{r['slide_id']}.h5", None) for r in rows]
-    probs = predict(model, bags, DIM, torch.device("cpu"))
+    probs = predict(model, bags, BagFeeder(DIM, torch.device("cpu")))
     expected = np.array([[float(r["prob_normal"]), float(r["prob_tumor"])] for r in rows])
     np.testing.assert_allclose(probs, expected, atol=1e-6)
 

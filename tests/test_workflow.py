@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,11 +31,14 @@ FEATURES = Path("results", "tiny", "features", "resnet50-layer3")
 
 
 def test_default_config_plans_demo_and_patching(tmp_path):
+    """The demo's 64 slides, all labelled, in two batch jobs per stage and a link per slide."""
     shutil.copytree(REPO / "config", tmp_path / "config")
     counts = planned_jobs(snakemake(tmp_path, "-n", "--quiet", "rules"))
     n = len((REPO / "config" / "demo_samples.tsv").read_text().splitlines()) - 1
     assert n == DEMO_SLIDES
-    assert counts["demo_slide"] == n and counts["patch"] == n and counts["qc_summary"] == 1
+    assert counts["demo_slides"] == counts["patch"] == counts["extract"] == 2
+    assert counts["link_demo_slide"] == counts["link_patches"] == counts["link_features"] == n
+    assert counts["qc_summary"] == 1
 
 
 @pytest.mark.parametrize(
@@ -105,7 +109,10 @@ def small_slide(path: Path, seed: int) -> Path:
     return write_pyramidal_tiff(path, image, 0.5, downsamples=(1, 4, 16))
 
 
-def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
+SUMMARY = "results/tiny/qc/summary.tsv"
+
+
+def test_unreadable_slide_is_excluded_and_a_new_slide_redoes_only_itself(tmp_path):
     small_slide(tmp_path / "good1.tiff", 1)
     small_slide(tmp_path / "good2.tiff", 2)
     (tmp_path / "bad.svs").write_bytes(b"II*\x00" + bytes(200))
@@ -115,35 +122,70 @@ def test_unreadable_slide_fails_alone_and_blocks_only_the_summary(tmp_path):
         ("good2", "good2.tiff", "tumor"),
     ]
     sheet = write_sheet(tmp_path / "s.tsv", rows)
-    res = snakemake(tmp_path, "--cores", "2", config=base_config(sheet))
-    assert res.returncode != 0
+    res = snakemake(tmp_path, "--cores", "2", SUMMARY, config=base_config(sheet))
+    assert res.returncode == 0, res.stdout[-3000:]
     out = tmp_path / "results" / "tiny"
-    assert (out / "patches" / "good1.h5").is_file() and (out / "patches" / "good2.h5").is_file()
-    assert not (out / "patches" / "bad.h5").exists()
-    assert not (out / "qc" / "summary.tsv").exists()
-    error_lines = [line for line in res.stdout.splitlines() if "ERROR span:" in line]
-    assert len(error_lines) == 1
-    assert "bad.svs: not a readable slide" in error_lines[0]
-    assert "drop its row from the sample sheet" in error_lines[0]
-    # The end of the run lists the failed job, its slide and its one line.
-    tail = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()
-    assert tail[1].startswith("  patch bad: ") and "bad.svs: not a readable slide" in tail[1]
-    assert tail[2] == "    log: results/tiny/logs/patch/bad.log"
+    summary = {
+        r.split("\t")[0]: r.split("\t") for r in (out / SUMMARY[13:]).read_text().splitlines()
+    }
+    assert summary["bad"][8].startswith("cannot be read (not a readable slide")
+    assert summary["good1"][8] == summary["good2"][8] == ""
+    with h5py.File(out / "patches" / "bad.h5") as f:
+        assert f["coords"].shape == (0, 2) and "not a readable slide" in f.attrs["error"]
+    with h5py.File(tmp_path / FEATURES / "bad.h5") as f:
+        assert f["features"].shape[0] == 0
+    listing = res.stdout[res.stdout.index("1 slide(s) excluded") :]
+    assert "bad: excluded: cannot be read (not a readable slide" in listing
+    assert "fix or replace the slide file" in listing
+    # One batch job per stage made the three slides; a link job per slide put each in place.
+    assert (out / "batches" / "patch" / "labelled-1.tsv").is_file()
+    assert (out / "patches" / "good1.h5").stat().st_nlink == 2  # the store's file, linked
 
-    # Features of the good slides are extracted meanwhile (keep-going).
-    assert (tmp_path / FEATURES / "good1.h5").is_file()
-    assert not (tmp_path / FEATURES / "bad.h5").exists()
-
-    # The user drops the row: only the summary runs, the finished slides are not redone.
+    # A new unlabelled slide: its own batch, only its patching and extraction, and the summary.
+    small_slide(tmp_path / "new.tiff", 3)
+    write_sheet(sheet, [*rows, ("new", "new.tiff", "")])
+    config = base_config(sheet)
+    counts = planned_jobs(snakemake(tmp_path, "-n", SUMMARY, config=config))
+    assert counts == {
+        "patch": 1,
+        "link_patches": 1,
+        "extract": 1,
+        "link_features": 1,
+        "qc_summary": 1,
+    }, counts
     done = [tmp_path / FEATURES / "good1.h5", out / "patches" / "good1.h5"]
-    mtimes = [p.stat().st_mtime_ns for p in done]
-    write_sheet(sheet, [rows[0], rows[2]])
-    res = snakemake(tmp_path, "--cores", "2", config=base_config(sheet))
-    assert res.returncode == 0, res.stdout
-    assert [p.stat().st_mtime_ns for p in done] == mtimes
-    summary = (out / "qc" / "summary.tsv").read_text().splitlines()
-    assert summary[0].startswith("slide_id\tpatches") and len(summary) == 3
-    assert np.all([int(line.split("\t")[1]) > 0 for line in summary[1:]])
+    stamps = [(p.stat().st_ino, p.stat().st_mtime_ns) for p in done]
+    res = snakemake(tmp_path, "--cores", "2", SUMMARY, config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert [(p.stat().st_ino, p.stat().st_mtime_ns) for p in done] == stamps
+    made = out / "features" / "resnet50-layer3" / "batches" / "extract" / "unlabelled-1.tsv"
+    assert [r.split("\t")[:2] for r in made.read_text().splitlines()[1:]] == [["new", "made"]]
+
+    # Fewer slides per job: the batch jobs re-form and reuse every stored slide.
+    config["jobs"] = {"slides_per_job": 1}
+    res = snakemake(tmp_path, "--cores", "2", SUMMARY, config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    manifests = sorted((out / "batches" / "patch").glob("labelled-*.tsv"))
+    assert len(manifests) == 3
+    assert not any("\tmade\t" in m.read_text() for m in manifests)
+    assert done[0].stat().st_ino == stamps[0][0]  # linked again, not encoded again
+
+
+def test_strict_stops_at_an_unreadable_slide(tmp_path):
+    small_slide(tmp_path / "good.tiff", 1)
+    (tmp_path / "bad.svs").write_bytes(b"II*\x00" + bytes(200))
+    sheet = write_sheet(
+        tmp_path / "s.tsv", [("bad", "bad.svs", "tumor"), ("good", "good.tiff", "")]
+    )
+    config = {**base_config(sheet), "jobs": {"strict": True}}
+    res = snakemake(tmp_path, "--cores", "2", SUMMARY, config=config)
+    assert res.returncode != 0
+    assert not (tmp_path / SUMMARY).exists()
+    assert (tmp_path / FEATURES / "good.h5").is_file()  # its own batch (unlabelled) goes on
+    # The end of the run lists the failed job, its batch and its one line.
+    tail = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()
+    assert tail[1].startswith("  patch labelled-1: ") and "bad.svs: not a readable slide" in tail[1]
+    assert tail[2] == "    log: results/tiny/logs/patch/labelled-1.log"
 
 
 def _corrupt_level0_tiles(slide: Path, tiles: list[int]) -> None:
@@ -249,7 +291,14 @@ def test_precomputed_features_skip_patching_and_extraction(tmp_path):
         )
 
 
+#: The per-slide rules that only hard-link a batch's stored file into place: no software
+#: beyond the shell's `ln`, and no conda env, whose activation would cost more than the link
+#: (once per slide), nor a benchmark record per slide.
+LINK_RULES = {"link_demo_slide", "link_patches", "link_features"}
+
+
 def test_workflow_lint_is_clean():
+    """Clean but for the link rules' missing conda envs (see LINK_RULES)."""
     res = subprocess.run(
         [*SNAKEMAKE, "--lint"],
         cwd=REPO,
@@ -258,7 +307,11 @@ def test_workflow_lint_is_clean():
         text=True,
         timeout=300,
     )
-    assert res.returncode == 0 and "Lints for" not in res.stdout, res.stdout
+    linted = re.findall(r"^Lints for (.*?)[: (]", res.stdout, re.MULTILINE)
+    assert linted == ["rule"] * len(LINK_RULES), res.stdout
+    assert set(re.findall(r"^Lints for rule (\w+)", res.stdout, re.MULTILINE)) == LINK_RULES
+    bullets = re.findall(r"^    \* (.*)$", res.stdout, re.MULTILINE)
+    assert set(bullets) == {"Specify a conda environment or container for each rule.:"}
 
 
 @pytest.mark.parametrize(
@@ -303,6 +356,9 @@ def test_every_rule_has_a_conda_env_log_and_benchmark():
     rules = workflow_rules()
     assert {r.name for r in rules} >= {"patch", "extract", "split", "train", "evaluate", "predict"}
     for rule in rules:
+        if rule.name in LINK_RULES:
+            assert rule.name in rule.workflow._localrules and rule.log and not rule.conda_env
+            continue
         env = Path(str(rule.basedir), str(rule.conda_env))
         assert rule.conda_env and env.resolve().is_file(), (rule.name, rule.conda_env)
         assert rule.log and rule.benchmark, rule.name

@@ -180,9 +180,8 @@ def one_of(names):
 
 # Batch jobs: each patches, encodes, imports or (demo) generates many slides in one process
 # into a hidden store; a per-slide local rule links each slide's stored file into place
-# (span/batches.py, docs/architecture.md "Batches"). A slide's link waits for its batch's
-# manifest, read as ancient: a batch re-run (a slide joined it, or slides_per_job changed)
-# re-links only the slides whose own inputs or options changed.
+# (span/batches.py, docs/architecture.md "Batch jobs"). A batch re-run (a slide joined it, a
+# slide file changed) reuses every stored slide whose inputs and options are unchanged.
 PER_JOB = config["jobs"]["slides_per_job"]
 DEMO_MADE = sorted(sid for sid, s in SAMPLES.items() if is_demo_slide(s.path, sid))
 BATCHES = {
@@ -210,8 +209,8 @@ def batch_slides(rule):
 
 
 def manifest_of(rule, slide):
-    """The manifest of the batch job of `rule` that makes `slide`, read as ancient (see above)."""
-    return ancient(f"{MANIFESTS[rule]}/{BATCH_OF['patch' if rule == 'extract' else rule][slide]}.tsv")
+    """The manifest of the batch job of `rule` that makes `slide` (extract: patch's batches)."""
+    return f"{MANIFESTS[rule]}/{BATCH_OF['patch' if rule == 'extract' else rule][slide]}.tsv"
 
 
 def batch_runtime(minutes_per_slide, rule):
@@ -219,22 +218,27 @@ def batch_runtime(minutes_per_slide, rule):
     return lambda w: 10 + minutes_per_slide * len(BATCHES[rule][w.batch])
 
 
+def features_source(w):
+    """What a slide's features file is made from: its batch's manifest and its own input (the
+    patch file, or the imported file)."""
+    if SAMPLES[w.slide].needs_patching:
+        return {"manifest": manifest_of("extract", w.slide),
+                "source": f"{RESULTS}/patches/{w.slide}.h5"}
+    return {"manifest": manifest_of("import_features", w.slide),
+            "source": SAMPLES[w.slide].features}
+
+
 # Shell of the per-slide link rules: a hard link to the stored file (no copy, no extra disk),
 # a copy where the file system has no hard links.
-LINK = "ln -f {stored} {output} 2>/dev/null || cp {stored} {output}"
+LINK = "(ln -f {stored} {output} 2>/dev/null || cp {stored} {output}) 2> {log}"
 
 
-def slide_set(ids):
-    """A short digest of a set of slide ids: a param of every rule reading the whole cohort,
-    so that dropping a slide re-runs it (the workflow profile turns off Snakemake's `input`
-    trigger, which a batch's changed membership would set off)."""
-    return hashlib.sha1(" ".join(sorted(ids)).encode()).hexdigest()[:16]
 SPLIT_KEY = "|".join(
     f"{s.slide_id}:{s.patient}:{s.label}:{s.split}" for s in SAMPLES.values() if s.label
 )
 # Everything the splits depend on but the features files: training re-runs when it changes.
-# (It also re-runs when a labelled slide's features change, excluded or not; so it reads
-# splits.tsv as ancient: adding an unlabelled slide re-writes the splits but retrains nothing.)
+# (splits.tsv is not read as ancient: Snakemake then never re-checks a job downstream of a job
+# that re-runs, so a changed split protocol re-wrote splits.tsv and retrained nothing.)
 SPLIT_PLAN = hashlib.sha1(
     json.dumps(
         [SPLIT_KEY, config["classes"], config["splits"], config["features"]["max_bad_tile_share"]]

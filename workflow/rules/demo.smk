@@ -32,10 +32,12 @@ if config["demo"]["generate"]:
             lambda w: manifest_of("demo_slides", w.slide),
         output:
             f"{DEMO_DIR}/{{slide}}.tiff",
+        log:
+            f"{RESULTS}/logs/link_demo_slide/{{slide}}.log",
         params:
             label=lambda w: SAMPLES[w.slide].label,
             seed=config["demo"]["seed"],
             stored=lambda w: f"{STORES['demo']}/{w.slide}.tiff",
         localrule: True
         shell:
-            LINK.format(stored="{params.stored:q}", output="{output:q}")
+            LINK.format(stored="{params.stored:q}", output="{output:q}", log="{log}")

@@ -92,7 +92,6 @@ rule predict:
         ),
     params:
         sheet=config["samples"],
-        slides=slide_set(SAMPLES),
         classes=config["classes"],
         features_dir=features_dir,
         model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],

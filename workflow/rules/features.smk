@@ -58,21 +58,13 @@ rule import_features:
         " --store {params.store} --manifest {output} {params.options} {resources.span_runtime}"
 
 
-def features_source(w):
-    """What a slide's features file is made from: its batch's manifest (ancient) and its own
-    input (the patch file, or the imported file), whose change re-links it."""
-    if SAMPLES[w.slide].needs_patching:
-        return {"manifest": manifest_of("extract", w.slide),
-                "source": f"{RESULTS}/patches/{w.slide}.h5"}
-    return {"manifest": manifest_of("import_features", w.slide),
-            "source": SAMPLES[w.slide].features}
-
-
 rule link_features:
     input:
         unpack(features_source),
     output:
         f"{FEATURES_DIR}/{{slide}}.h5",
+    log:
+        f"{RESULTS}/logs/link_features/{{slide}}.log",
     params:
         options=lambda w: (
             cli_options(config["features"], EncoderSettings, ExtractSettings,
@@ -83,7 +75,7 @@ rule link_features:
         stored=lambda w: f"{STORES['features']}/{w.slide}.h5",
     localrule: True
     shell:
-        LINK.format(stored="{params.stored:q}", output="{output:q}")
+        LINK.format(stored="{params.stored:q}", output="{output:q}", log="{log}")
 
 
 rule qc_summary:
@@ -92,7 +84,6 @@ rule qc_summary:
     output:
         update(f"{RESULTS}/qc/summary.tsv"),
     params:
-        slides=slide_set(SAMPLES),
         max_bad_tile_share=config["features"]["max_bad_tile_share"],
     log:
         f"{RESULTS}/logs/qc_summary.log",

@@ -35,11 +35,13 @@ rule link_patches:
         h5=f"{RESULTS}/patches/{{slide}}.h5",
         qc=report(f"{RESULTS}/qc/{{slide}}.png", caption="../report/qc.rst", category="Slides",
                   subcategory="QC thumbnails", labels={"slide": "{slide}"}),
+    log:
+        f"{RESULTS}/logs/link_patches/{{slide}}.log",
     params:
         options=cli_options(config["patching"], PatchSettings),
         h5=lambda w: f"{STORES['patches']}/{w.slide}.h5",
         qc=lambda w: f"{STORES['patches']}/{w.slide}.png",
     localrule: True
     shell:
-        LINK.format(stored="{params.h5:q}", output="{output.h5:q}") + " && "
-        + LINK.format(stored="{params.qc:q}", output="{output.qc:q}")
+        LINK.format(stored="{params.h5:q}", output="{output.h5:q}", log="{log}") + " && "
+        + LINK.format(stored="{params.qc:q}", output="{output.qc:q}", log="{log}")

@@ -34,7 +34,7 @@ rule split:
 rule train:
     input:
         unpack(teacher_inputs),
-        splits=ancient(f"{RESULTS}/splits.tsv"),
+        splits=f"{RESULTS}/splits.tsv",
         features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
     output:
         checkpoint=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.CHECKPOINT}"),
