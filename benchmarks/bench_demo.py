@@ -30,7 +30,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 #: The workflow's stages, by the rules that make them.
 STAGES = {
-    "slides, patching, features": ("demo_slide", "patch", "extract"),
+    "slides, patching, features": (
+        "demo_slides",
+        "link_demo_slide",
+        "patch",
+        "link_patches",
+        "extract",
+        "link_features",
+    ),
     "training, predictions, report": ("qc_summary", "split", "train", "predict", "evaluate"),
 }
 
