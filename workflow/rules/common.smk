@@ -325,11 +325,6 @@ SWEEPS = {
 }
 
 
-def features_dir(wildcards, input):
-    """The features folder, from the rule's inputs (no hard-coded prefix)."""
-    return os.path.dirname(input.features[0])
-
-
 def run_dir(experiment, variant, seed):
     """Folder of one training run."""
     return f"{RESULTS}/{experiment}/{variant}/seed{seed}"

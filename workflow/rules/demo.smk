@@ -37,7 +37,7 @@ if config["demo"]["generate"]:
         params:
             label=lambda w: SAMPLES[w.slide].label,
             seed=config["demo"]["seed"],
-            stored=lambda w: f"{STORES['demo']}/{w.slide}.tiff",
+            stored=f"{STORES['demo']}/{{slide}}.tiff",
         localrule: True
         shell:
             LINK.format(stored="{params.stored:q}", output="{output:q}", log="{log}")

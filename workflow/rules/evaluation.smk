@@ -76,7 +76,7 @@ rule predict:
             f"{RESULTS}/{w.experiment}/{w.variant}/seed{{seed}}/{{name}}",
             seed=SEEDS, name=[FILES.CHECKPOINT, FILES.FEATURE_STATS],
         ),
-        features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
+        # Every slide's features, through the QC summary (which waits for them all).
         qc=f"{RESULTS}/qc/summary.tsv",
     output:
         predictions=update(f"{RESULTS}/{{experiment}}/{{variant}}/{FILES.PREDICTIONS_CSV}"),
@@ -93,7 +93,7 @@ rule predict:
     params:
         sheet=config["samples"],
         classes=config["classes"],
-        features_dir=features_dir,
+        features_dir=FEATURES_DIR,
         model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
         hparams=lambda w: shlex.quote(
             json.dumps(EXPERIMENTS[w.experiment][w.variant]["hparams"], sort_keys=True)

@@ -72,7 +72,7 @@ rule link_features:
             if SAMPLES[w.slide].needs_patching
             else cli_options(config["features"], ImportSettings)
         ),
-        stored=lambda w: f"{STORES['features']}/{w.slide}.h5",
+        stored=f"{STORES['features']}/{{slide}}.h5",
     localrule: True
     shell:
         LINK.format(stored="{params.stored:q}", output="{output:q}", log="{log}")

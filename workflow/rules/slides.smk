@@ -39,8 +39,8 @@ rule link_patches:
         f"{RESULTS}/logs/link_patches/{{slide}}.log",
     params:
         options=cli_options(config["patching"], PatchSettings),
-        h5=lambda w: f"{STORES['patches']}/{w.slide}.h5",
-        qc=lambda w: f"{STORES['patches']}/{w.slide}.png",
+        h5=f"{STORES['patches']}/{{slide}}.h5",
+        qc=f"{STORES['patches']}/{{slide}}.png",
     localrule: True
     shell:
         LINK.format(stored="{params.h5:q}", output="{output.h5:q}", log="{log}") + " && "

@@ -34,8 +34,10 @@ rule split:
 rule train:
     input:
         unpack(teacher_inputs),
+        # The features it reads come through the splits: the split job waits for (and re-runs
+        # with) every labelled slide's features; listing 10,000 files here per training job
+        # made planning a large cohort slow.
         splits=f"{RESULTS}/splits.tsv",
-        features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
     output:
         checkpoint=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.CHECKPOINT}"),
         stats=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.FEATURE_STATS}"),
@@ -49,7 +51,7 @@ rule train:
         model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
         classes=config["classes"],
         options=train_options,
-        features_dir=features_dir,
+        features_dir=FEATURES_DIR,
         teacher_runtime=lambda w, input: (
             f"--add-runtime-of {input.teacher_metrics}" if "teacher" in input.keys() else ""
         ),
