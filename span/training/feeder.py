@@ -44,13 +44,16 @@ class BagFeeder:
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.wait_seconds = 0.0
         self.reads = 0  # slides read from disk (a cached slide is read once)
+        self.read_seconds = 0.0  # spent reading them, in the thread: what reading ahead hides
 
     def _prepare(self, bag: Bag) -> tuple[torch.Tensor, torch.Tensor]:
         """The slide's standardised float32 features and int64 grid, from memory or disk."""
         hit = self._cache.get(bag.slide_id)
         if hit is not None:
             return hit
+        t0 = time.perf_counter()
         fs = read_feature_file(bag.features, expected_dim=self.feature_dim, with_attrs=False)
+        self.read_seconds += time.perf_counter() - t0
         self.reads += 1
         features = torch.from_numpy(fs.features).float()
         if self.stats is not None:
@@ -58,6 +61,8 @@ class BagFeeder:
         grid = torch.from_numpy(fs.grid).long()
         size = features.nbytes + grid.nbytes
         if self.cached_bytes + size <= self.cache_bytes:
+            if self.device.type == "cuda":  # pinned once, copied to the device every epoch
+                features, grid = features.pin_memory(), grid.pin_memory()
             self._cache[bag.slide_id] = (features, grid)
             self.cached_bytes += size
         return features, grid
@@ -83,8 +88,9 @@ class BagFeeder:
                     features, grid = self._prepare(bags[position])
                     if transform is not None:
                         features, grid = transform(features, grid)
-                    if pin:
-                        features, grid = features.pin_memory(), grid.pin_memory()
+                    if pin:  # a cached tensor is pinned already, a transformed one is new
+                        features = features if features.is_pinned() else features.pin_memory()
+                        grid = grid if grid.is_pinned() else grid.pin_memory()
                     ready.put((position, features, grid))
                 ready.put(None)
             except BaseException as exc:  # handed to the consumer, raised there
