@@ -161,12 +161,22 @@ def test_unreadable_slide_is_excluded_and_a_new_slide_redoes_only_itself(tmp_pat
     made = out / "features" / "resnet50-layer3" / "batches" / "extract" / "unlabelled-1.tsv"
     assert [r.split("\t")[:2] for r in made.read_text().splitlines()[1:]] == [["new", "made"]]
 
+    # A new labelled slide joins the labelled batch: one run encodes it (only it) and links it.
+    write_sheet(sheet, [*rows, ("new", "new.tiff", ""), ("new2", "new.tiff", "normal")])
+    res = snakemake(tmp_path, "--cores", "2", SUMMARY, config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    assert (tmp_path / FEATURES / "new2.h5").is_file()
+    made = made.with_name("labelled-1.tsv")
+    statuses = {r.split("\t")[0]: r.split("\t")[1] for r in made.read_text().splitlines()[1:]}
+    assert statuses == {"bad": "reused", "good1": "reused", "good2": "reused", "new2": "made"}
+    assert "new2" in (out / SUMMARY[13:]).read_text()
+
     # Fewer slides per job: the batch jobs re-form and reuse every stored slide.
     config["jobs"] = {"slides_per_job": 1}
     res = snakemake(tmp_path, "--cores", "2", SUMMARY, config=config)
     assert res.returncode == 0, res.stdout[-3000:]
     manifests = sorted((out / "batches" / "patch").glob("labelled-*.tsv"))
-    assert len(manifests) == 3
+    assert len(manifests) == 4
     assert not any("\tmade\t" in m.read_text() for m in manifests)
     assert done[0].stat().st_ino == stamps[0][0]  # linked again, not encoded again
 
