@@ -300,6 +300,20 @@ def test_precomputed_features_skip_patching_and_extraction(tmp_path):
             f["grid"][:], [[0, 0], [1, 0], [2, 0], [0, 1], [1, 1], [2, 1]]
         )
 
+    # The batch's hidden store and the slide's file deleted: one line says how to redo it.
+    shutil.rmtree(tmp_path / FEATURES / ".store")
+    (tmp_path / FEATURES / "imp.h5").unlink()
+    target = str(FEATURES / "imp.h5")
+    res = snakemake(tmp_path, "--cores", "1", target, config=config)
+    assert res.returncode != 0
+    manifest = FEATURES / "batches" / "import" / "labelled-1.tsv"
+    failed = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()[1]
+    assert failed.startswith("  link_features imp: ") and "not in its batch job's store" in failed
+    assert f"Fix: delete {manifest} and run again" in failed
+    (tmp_path / manifest).unlink()
+    assert snakemake(tmp_path, "--cores", "1", target, config=config).returncode == 0
+    assert (tmp_path / FEATURES / "imp.h5").is_file()
+
 
 #: The per-slide rules that only hard-link a batch's stored file into place: no software
 #: beyond the shell's `ln`, and no conda env, whose activation would cost more than the link

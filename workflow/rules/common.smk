@@ -228,9 +228,17 @@ def features_source(w):
             "source": SAMPLES[w.slide].features}
 
 
-# Shell of the per-slide link rules: a hard link to the stored file (no copy, no extra disk),
-# a copy where the file system has no hard links.
-LINK = "(ln -f {stored} {output} 2>/dev/null || cp {stored} {output}) 2> {log}"
+def link_shell(*pairs):
+    """Shell of a per-slide link rule: each (stored file, output) pair, as the rule's shell
+    placeholders, hard-linked (no copy, no extra disk), copied where the file system has no
+    hard links; a stored file that is gone fails with one line saying how to redo it."""
+    steps = [
+        f"ln -f {stored} {output} 2>/dev/null || cp {stored} {output} 2>/dev/null || "
+        f"{{{{ echo \"link ERROR span: {stored}: not in its batch job's store (deleted?). Fix: "
+        f"delete {{input.manifest}} and run again\"; exit 1; }}}}"
+        for stored, output in pairs
+    ]
+    return "(" + " && ".join(steps) + ") > {log} 2>&1"
 
 
 SPLIT_KEY = "|".join(

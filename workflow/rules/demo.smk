@@ -29,7 +29,7 @@ if config["demo"]["generate"]:
 
     rule link_demo_slide:
         input:
-            lambda w: manifest_of("demo_slides", w.slide),
+            manifest=lambda w: manifest_of("demo_slides", w.slide),
         output:
             f"{DEMO_DIR}/{{slide}}.tiff",
         log:
@@ -40,4 +40,4 @@ if config["demo"]["generate"]:
             stored=f"{STORES['demo']}/{{slide}}.tiff",
         localrule: True
         shell:
-            LINK.format(stored="{params.stored:q}", output="{output:q}", log="{log}")
+            link_shell(("{params.stored:q}", "{output:q}"))

@@ -75,7 +75,7 @@ rule link_features:
         stored=f"{STORES['features']}/{{slide}}.h5",
     localrule: True
     shell:
-        LINK.format(stored="{params.stored:q}", output="{output:q}", log="{log}")
+        link_shell(("{params.stored:q}", "{output:q}"))
 
 
 rule qc_summary:

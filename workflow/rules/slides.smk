@@ -43,5 +43,4 @@ rule link_patches:
         qc=f"{STORES['patches']}/{{slide}}.png",
     localrule: True
     shell:
-        LINK.format(stored="{params.h5:q}", output="{output.h5:q}", log="{log}") + " && "
-        + LINK.format(stored="{params.qc:q}", output="{output.qc:q}", log="{log}")
+        link_shell(("{params.h5:q}", "{output.h5:q}"), ("{params.qc:q}", "{output.qc:q}"))
