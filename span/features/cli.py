@@ -118,7 +118,7 @@ def register(stages: argparse._SubParsersAction) -> None:
 
     e = stages.add_parser(
         "encoders",
-        help="print the encoder table (README), or check an encoder's weights (--check)",
+        help="print the encoder table (docs/encoders.md), or check an encoder's weights (--check)",
         description="Without --check: the registered encoders as a Markdown table. With "
         "--check: that the weights can be had and fit the architecture, without computing "
         "(the workflow runs this before any job).",

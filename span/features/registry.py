@@ -1,5 +1,5 @@
 """What each patch encoder is, in one torch-free declaration: the CLI, the workflow's start-up
-check and the README table read it (`span encoders`); `encoders.py` builds from it.
+check and docs/encoders.md's table read it (`span encoders`); `encoders.py` builds from it.
 
 Every fact names its source (a model card or the model's own code); a fact that could not be
 checked says so in `unconfirmed`. TRIDENT's loaders are cited at commit a91fa84 of
@@ -282,7 +282,7 @@ def weights_kinds(info: EncoderInfo) -> list[str]:
 
 
 def markdown_table() -> str:
-    """The README's encoder table, generated from the registry."""
+    """The encoder table of docs/encoders.md, generated from the registry."""
     rows = [
         "| encoder | architecture | outputs (`layer`: dim, pooling) | input | mean / std "
         "| weights | licence / access | not confirmed here |",

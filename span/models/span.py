@@ -11,7 +11,7 @@ With `center` (the default) the patches enter as their deviation from the slide'
 feature, and the mean itself enters through the global tokens' initial state: every patch of
 a slide carries the same stain/scanner offset, and a model that sees it in every token tells
 its training slides apart by it long before it learns anything else (measured on the spatial
-benchmark: README, "Spatial benchmark"). What the whole slide looks like stays available
+benchmark: docs/benchmarks.md). What the whole slide looks like stays available
 through the global tokens, which every patch attends to; without global tokens a centred
 SPAN sees only how patches differ within their slide.
 """
@@ -29,8 +29,7 @@ from span.models.window_attention import SparseWindowAttention
 
 #: The narrowest default embedding. The paper's D = in_dim / 4 (512 for ResNet-50's 2048-d) would
 #: give 128 for ResNet-18's 512-d features, at which SPAN stayed near chance on the demo cohort
-#: (test AUC 0.67, 0.60, 0.51 over 3 seeds; 1.00, 0.94, 0.96 at 256: README, "Features in
-#: one paragraph").
+#: (test AUC 0.67, 0.60, 0.51 over 3 seeds; 1.00, 0.94, 0.96 at 256: docs/encoders.md).
 MIN_EMBED_DIM = 256
 
 
