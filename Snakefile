@@ -27,16 +27,7 @@ include: "workflow/rules/evaluation.smk"
 rule all:
     default_target: True
     input:
-        f"{RESULTS}/qc/summary.tsv",
-        expand(f"{RESULTS}/qc/{{slide}}.png", slide=PATCHED),
-        expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
-        expand(f"{RESULTS}/{{experiment}}/{FILES.REPORT_MD}", experiment=RUN_EXPERIMENTS),
-        [f"{RESULTS}/{name}/{FILES.SWEEP_PNG}" for name in RUN_EXPERIMENTS if name in SWEEPS],
-        [
-            f"{RESULTS}/{name}/{variant}/{FILES.PREDICTIONS_CSV}"
-            for name in RUN_EXPERIMENTS
-            for variant in EXPERIMENTS[name]
-        ],
+        PLAN.targets(),
 
 
 onstart:
@@ -48,14 +39,14 @@ onstart:
 onsuccess:
     from span.run_summary import exclusion_summary
 
-    if summary := exclusion_summary(f"{RESULTS}/qc/summary.tsv"):
+    if summary := exclusion_summary(LAYOUT.qc_summary):
         print(summary, file=sys.stderr)
 
 
 onerror:
     from span.run_summary import exclusion_summary, failure_summary, outdate_restored
 
-    for summary in (exclusion_summary(f"{RESULTS}/qc/summary.tsv"), failure_summary(log)):
+    for summary in (exclusion_summary(LAYOUT.qc_summary), failure_summary(log)):
         if summary:
             print(summary, file=sys.stderr)
     if kept := outdate_restored(log):

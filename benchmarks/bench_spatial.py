@@ -23,7 +23,6 @@ trained again. Each run is a worker process with one torch thread.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import multiprocessing
 import sys
@@ -94,16 +93,20 @@ def train_one(folder: Path, classes: list[str], model: str, seed: int) -> Path:
 def _trained_with(run: Path) -> dict | None:
     """The training options of a finished run (None if unfinished): runs made with other
     defaults are trained again."""
-    metrics = run / "metrics.json"
-    return json.loads(metrics.read_text())["training"] if metrics.exists() else None
+    from span.outputs import METRICS_JSON
+    from span.training.run_files import read_run_metrics
+
+    metrics = run / METRICS_JSON
+    return read_run_metrics(metrics)["training"] if metrics.exists() else None
 
 
-def test_predictions(run: Path) -> tuple[np.ndarray, np.ndarray]:
+def test_predictions(run: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(labels, P(last class)) of a run's test_predictions.csv, in slide order."""
-    with (run / "test_predictions.csv").open() as f:
-        rows = list(csv.DictReader(f))
-    prob = [k for k in rows[0] if k.startswith("prob_")][-1]
-    return np.array([r["label"] for r in rows]), np.array([float(r[prob]) for r in rows])
+    from span.outputs import TEST_PREDICTIONS_CSV
+    from span.training.run_files import read_test_predictions
+
+    _, y, probs = read_test_predictions(run / TEST_PREDICTIONS_CSV, classes)
+    return np.array([classes[k] for k in y]), probs[:, -1]
 
 
 def mean_pool_auc(folder: Path, classes: list[str]) -> float:
@@ -137,7 +140,7 @@ def compare(folder: Path, classes: list[str], seeds: list[int]) -> dict:
     for model in MODELS:
         probs = []
         for seed in seeds:
-            labels, p = test_predictions(folder / model / f"seed{seed}")
+            labels, p = test_predictions(folder / model / f"seed{seed}", classes)
             y = (labels == classes[1]).astype(int)
             aucs.setdefault(model, []).append(float(roc_auc_score(y, p)))
             probs.append(p)

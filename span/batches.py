@@ -29,11 +29,9 @@ from pathlib import Path
 
 from span.atomic import write_text_atomic
 from span.errors import SpanError
+from span.outputs import STORE_DIR
 
 log = logging.getLogger(__name__)
-
-#: Hidden folder, next to a stage's per-slide outputs, holding what its batch jobs finished.
-STORE_DIR = ".store"
 
 
 def slide_batches(

@@ -31,6 +31,7 @@ def _setup_logging(log_file: str | None) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every stage's subcommand registered."""
+    from span import preflight
     from span.data import cli as data_cli
     from span.evaluation import cli as evaluation_cli
     from span.features import cli as features_cli
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     training_cli.register(stages)
     evaluation_cli.register(stages)
     synthetic_cli.register(stages)
+    preflight.register(stages)
     return parser
 
 

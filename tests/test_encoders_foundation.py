@@ -458,7 +458,10 @@ def test_workflow_checks_the_encoder_before_any_job(tmp_path):
 
     bad_layer = _dry_run(tmp_path / "b", {"encoder": "uni", "layer": "penultimate"})
     assert bad_layer.returncode != 0
-    assert "features.layer: uni has no output 'penultimate'; choose one of cls" in bad_layer.stdout
+    assert (
+        "features.layer: uni has no output 'penultimate'. Fix: choose one of cls"
+        in bad_layer.stdout
+    )
 
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pt")
     wrong = _dry_run(tmp_path / "c", {"encoder": "uni", "weights": str(tmp_path / "resnet.pt")})

@@ -8,15 +8,17 @@ import base64
 import copy
 import csv
 import json
+import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pytest
 
+from span import outputs as files
 from span.evaluation.heatmap import thumbnail
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic.tissue import render_tissue
-from tests.workflow_helpers import base_config, planned_jobs, snakemake, write_sheet
+from tests.workflow_helpers import TINY, base_config, planned_jobs, snakemake, write_sheet
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +68,7 @@ def test_end_to_end_tiny_cohort(tiny_run):
     """Raw slides -> patches -> features -> splits -> 2 models x 2 seeds -> report, predictions
     and heatmaps, checked by content."""
     tmp_path, _, rows = tiny_run
-    out = tmp_path / "results" / "tiny" / "tiny"
+    out = tmp_path / TINY.experiment("tiny")
 
     with (out / "results.csv").open() as f:
         table = list(csv.DictReader(f))
@@ -99,14 +101,14 @@ def test_end_to_end_tiny_cohort(tiny_run):
 
 def test_sweep_experiment_gets_its_plot_and_labels(tiny_run):
     tmp_path, *_ = tiny_run
-    out = tmp_path / "results" / "tiny" / "sweep"
+    out = tmp_path / TINY.experiment("sweep")
     with (out / "results.csv").open() as f:
         table = list(csv.DictReader(f))
     assert [(r["variant"], r["method"]) for r in table] == [("w2", "2x2"), ("w4", "4x4")]
     assert plt.imread(out / "sweep.png").shape[0] > 100
     report = (out / "report.md").read_text()
     assert "![Sweep over window_side](sweep.png)" in report and "| 4x4 |" in report
-    log = (tmp_path / "results" / "tiny" / "logs" / "sweep_plot" / "sweep.log").read_text()
+    log = (tmp_path / TINY.log("sweep_plot", "sweep")).read_text()
     assert "window_side = 2: accuracy" in log and "window_side = 4: accuracy" in log
 
 
@@ -194,7 +196,7 @@ def test_a_rerun_replaces_the_heatmap_folder_whole(tiny_run):
     """Heatmap folders are update() outputs too: a re-run leaves exactly this run's heatmaps,
     and a backup left by a killed run does not stop it."""
     tmp_path, config, _ = tiny_run
-    heatmaps = tmp_path / "results" / "tiny" / "tiny" / "span" / "heatmaps"
+    heatmaps = tmp_path / TINY.variant("tiny", "span", files.HEATMAPS_DIR)
     (heatmaps / "gone.png").write_bytes(b"\x89PNG from a slide no longer in the sheet")
     stale = tmp_path / ".snakemake" / "backups" / heatmaps.relative_to(tmp_path)
     stale.mkdir(parents=True)
@@ -208,22 +210,53 @@ def test_a_rerun_replaces_the_heatmap_folder_whole(tiny_run):
 
 def test_a_failed_rerun_keeps_the_finished_results(tiny_run):
     """A re-run whose job fails puts the previous outputs back (update() flags) and the next
-    run still redoes it; the end of the run lists the failed job with its one line."""
+    run still redoes it; the end of the run lists the failed job with its one line. (The job
+    fails on a training slide's features file damaged behind Snakemake's back: a bad variant
+    no longer gets that far, `span check` stops it at start-up.)"""
     tmp_path, config, _ = tiny_run
-    target = "results/tiny/tiny/abmil/seed0"
+    target = TINY.run("tiny", "abmil", 0)
     run = tmp_path / target
     before = {p.name: p.read_bytes() for p in run.iterdir()}
-    broken = copy.deepcopy(config)
-    broken["experiments"]["tiny"][1]["hparams"]["no_such_option"] = 1
-    res = snakemake(tmp_path, "--cores", "1", f"{target}/metrics.json", config=broken)
+    edited = copy.deepcopy(config)
+    edited["experiments"]["tiny"][1]["hparams"]["hidden"] = 48
+    features = tmp_path / TINY.features("s0")  # a training slide
+    kept, stat = features.read_bytes(), features.stat()
+    features.unlink()  # a new file: the store's hard link keeps the original
+    features.write_bytes(b"not an HDF5 file")
+    os.utime(features, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # unseen by Snakemake
+    try:
+        res = snakemake(tmp_path, "--cores", "1", f"{target}/metrics.json", config=edited)
+    finally:
+        features.write_bytes(kept)
+        os.utime(features, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert res.returncode != 0
-    assert "Restored previous version of results/tiny/tiny/abmil/seed0/metrics.json" in res.stdout
+    assert f"Restored previous version of {target}/{files.METRICS_JSON}" in res.stdout
     assert {p.name: p.read_bytes() for p in run.iterdir()} == before
     failed = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()
-    assert failed[1].startswith("  train tiny/abmil/seed0: ") and "no_such_option" in failed[1]
+    assert failed[1].startswith("  train tiny/abmil/seed0: ") and "s0.h5" in failed[1]
     # Snakemake records the failed job's params as done; the kept result is dated 1970 so the
     # next run still redoes the job instead of taking the old result for the new config.
     assert "earlier result(s) kept in place of the failed jobs'" in res.stdout
     assert (run / "metrics.json").stat().st_mtime == 1
-    rerun = snakemake(tmp_path, "-n", f"{target}/metrics.json", config=broken)
+    rerun = snakemake(tmp_path, "-n", f"{target}/metrics.json", config=edited)
     assert planned_jobs(rerun).get("train") == 1
+
+
+def test_a_bad_variant_stops_the_run_before_any_job(tiny_run):
+    """A hyperparameter's name or value, or a training override, that the variant's model or
+    `span train` refuses is one line at start-up, naming the variant."""
+    tmp_path, config, _ = tiny_run
+    for hparams, training, message in [
+        ({"no_such_option": 1}, {}, "experiments.tiny.abmil.hparams: abmil has no hyperparameter"),
+        ({"attention_activation": "spam"}, {}, "abmil.hparams: attention activation must be"),
+        ({"hidden": -3}, {}, "experiments.tiny.abmil.hparams: Trying to create tensor"),
+        ({}, {"epochs": 0}, "experiments.tiny.abmil.training.epochs: 0 is not >= 1"),
+        ({}, {"lr": "fast"}, "experiments.tiny.abmil.training.lr: 'fast' is not float"),
+    ]:
+        broken = copy.deepcopy(config)
+        broken["experiments"]["tiny"][1]["hparams"] |= hparams
+        broken["experiments"]["tiny"][1]["training"] = training
+        res = snakemake(tmp_path, "-n", config=broken)
+        assert res.returncode != 0
+        line = next(x for x in res.stdout.splitlines() if "invalid config" in x)
+        assert message in line, line

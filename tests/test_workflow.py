@@ -21,13 +21,14 @@ from span.synthetic.tissue import render_tissue
 from tests.workflow_helpers import (
     REPO,
     SNAKEMAKE,
+    TINY,
     base_config,
     planned_jobs,
     snakemake,
     write_sheet,
 )
 
-FEATURES = Path("results", "tiny", "features", "resnet50-layer3")
+FEATURES = Path(TINY.features_dir)
 
 
 def test_default_config_plans_demo_and_patching(tmp_path):
@@ -109,7 +110,7 @@ def small_slide(path: Path, seed: int) -> Path:
     return write_pyramidal_tiff(path, image, 0.5, downsamples=(1, 4, 16))
 
 
-SUMMARY = "results/tiny/qc/summary.tsv"
+SUMMARY = TINY.qc_summary
 
 
 def test_unreadable_slide_is_excluded_and_a_new_slide_redoes_only_itself(tmp_path):
@@ -195,7 +196,7 @@ def test_strict_stops_at_an_unreadable_slide(tmp_path):
     # The end of the run lists the failed job, its batch and its one line.
     tail = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()
     assert tail[1].startswith("  patch labelled-1: ") and "bad.svs: not a readable slide" in tail[1]
-    assert tail[2] == "    log: results/tiny/logs/patch/labelled-1.log"
+    assert tail[2] == f"    log: {TINY.log('patch', 'labelled-1')}"
 
 
 def _corrupt_level0_tiles(slide: Path, tiles: list[int]) -> None:
@@ -450,4 +451,4 @@ def test_variant_training_overrides_reach_its_jobs_only(tmp_path):
     config.update(experiments={"aug": experiment})
     res = snakemake(tmp_path, "-n", config=config)
     assert res.returncode != 0
-    assert "experiments.aug.augmented: training has no option flip" in res.stdout
+    assert "experiments.aug.augmented.training: no option flip" in res.stdout

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import yaml
 
+from span.outputs import Layout
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 
@@ -31,6 +33,10 @@ def write_sheet(path: Path, rows: list[tuple], header=("slide_id", "path", "labe
     lines = ["\t".join(header)] + ["\t".join(map(str, r)) for r in rows]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+#: Where base_config's cohort writes (relative to the workdir).
+TINY = Layout("tiny", "resnet50-layer3")
 
 
 def base_config(sheet: Path) -> dict:

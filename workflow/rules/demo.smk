@@ -1,22 +1,22 @@
 # The synthetic demo cohort: batch jobs render the sheet's resources/demo/slides/<slide>.tiff
 # slides (the row's label decides how its tumour cells are arranged) into a hidden store, and a
-# local per-slide rule links each into place (see "Batch jobs" in common.smk).
+# local per-slide rule links each into place (docs/architecture.md, "Batch jobs").
 
 
 if config["demo"]["generate"]:
 
     rule demo_slides:
         output:
-            update(f"{MANIFESTS['demo_slides']}/{{batch}}.tsv"),
+            update(LAYOUT.manifest("demo_slides")),
         params:
             ids=batch_slides("demo_slides"),
             labels=lambda w: [SAMPLES[s].label for s in BATCHES["demo_slides"][w.batch]],
             seed=config["demo"]["seed"],
-            store=STORES["demo"],
+            store=LAYOUT.store("demo"),
         log:
-            f"{RESULTS}/logs/demo_slides/{{batch}}.log",
+            LAYOUT.log("demo_slides", "{batch}"),
         benchmark:
-            f"{RESULTS}/benchmarks/demo_slides/{{batch}}.tsv"
+            LAYOUT.benchmark("demo_slides", "{batch}")
         resources:
             mem_mb=1500,
             runtime=batch_runtime(1, "demo_slides"),
@@ -31,13 +31,13 @@ if config["demo"]["generate"]:
         input:
             manifest=lambda w: manifest_of("demo_slides", w.slide),
         output:
-            f"{DEMO_DIR}/{{slide}}.tiff",
+            LAYOUT.demo_slide(),
         log:
-            f"{RESULTS}/logs/link_demo_slide/{{slide}}.log",
+            LAYOUT.log("link_demo_slide", "{slide}"),
         params:
             label=lambda w: SAMPLES[w.slide].label,
             seed=config["demo"]["seed"],
-            stored=f"{STORES['demo']}/{{slide}}.tiff",
+            stored=f"{LAYOUT.store('demo')}/{{slide}}.tiff",
         localrule: True
         shell:
             link_shell(("{params.stored:q}", "{output:q}"))

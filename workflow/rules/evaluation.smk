@@ -5,33 +5,34 @@
 
 rule evaluate:
     input:
-        lambda w: expand(
-            f"{RESULTS}/{w.experiment}/{{variant}}/seed{{seed}}/{{name}}",
-            variant=EXPERIMENTS[w.experiment], seed=SEEDS,
-            name=[FILES.METRICS_JSON, FILES.TEST_PREDICTIONS_CSV],
-        ),
+        lambda w: [
+            LAYOUT.run(w.experiment, v, s, name)
+            for v in EXPERIMENTS[w.experiment]
+            for s in SEEDS
+            for name in (FILES.METRICS_JSON, FILES.TEST_PREDICTIONS_CSV)
+        ],
     output:
-        update(report(f"{RESULTS}/{{experiment}}/{FILES.REPORT_MD}", caption="../report/report.rst",
+        update(report(LAYOUT.experiment(name=FILES.REPORT_MD), caption="../report/report.rst",
                       category="{experiment}", subcategory="Tables",
                       labels={"file": FILES.REPORT_MD})),
-        table=update(report(f"{RESULTS}/{{experiment}}/{FILES.RESULTS_CSV}",
+        table=update(report(LAYOUT.experiment(name=FILES.RESULTS_CSV),
                             caption="../report/results.rst", category="{experiment}",
                             subcategory="Tables", labels={"file": FILES.RESULTS_CSV})),
-        markdown=update(f"{RESULTS}/{{experiment}}/{FILES.RESULTS_MD}"),
-        roc=update(report(f"{RESULTS}/{{experiment}}/{FILES.ROC_PNG}", caption="../report/roc.rst",
+        markdown=update(LAYOUT.experiment(name=FILES.RESULTS_MD)),
+        roc=update(report(LAYOUT.experiment(name=FILES.ROC_PNG), caption="../report/roc.rst",
                           category="{experiment}", subcategory="Figures",
                           labels={"file": FILES.ROC_PNG})),
     params:
-        runs=evaluation_runs,
+        runs=lambda w: PLAN.evaluation_runs(w.experiment),
         classes=config["classes"],
-        cohort=COHORT,
-        labels=variant_labels,
+        cohort=config["cohort"],
+        labels=lambda w: PLAN.variant_labels(w.experiment),
         sweep=lambda w: f"--sweep {SWEEPS[w.experiment]}" if w.experiment in SWEEPS else "",
-        out=lambda w: f"{RESULTS}/{w.experiment}",
+        out=lambda w: LAYOUT.experiment(w.experiment),
     log:
-        f"{RESULTS}/logs/evaluate/{{experiment}}.log",
+        LAYOUT.log("evaluate", "{experiment}"),
     benchmark:
-        f"{RESULTS}/benchmarks/evaluate/{{experiment}}.tsv"
+        LAYOUT.benchmark("evaluate", "{experiment}")
     resources:
         mem_mb=2000,
         runtime=30,
@@ -45,21 +46,21 @@ rule evaluate:
 
 rule sweep_plot:
     input:
-        f"{RESULTS}/{{experiment}}/{FILES.RESULTS_CSV}",
+        LAYOUT.experiment(name=FILES.RESULTS_CSV),
     output:
-        update(report(f"{RESULTS}/{{experiment}}/{FILES.SWEEP_PNG}", caption="../report/sweep.rst",
+        update(report(LAYOUT.experiment(name=FILES.SWEEP_PNG), caption="../report/sweep.rst",
                       category="{experiment}", subcategory="Figures",
                       labels={"file": FILES.SWEEP_PNG})),
     params:
         parameter=lambda w: SWEEPS[w.experiment],
-        values=sweep_values,
-        labels=variant_labels,
+        values=lambda w: PLAN.sweep_values(w.experiment),
+        labels=lambda w: PLAN.variant_labels(w.experiment),
     wildcard_constraints:
         experiment=one_of(SWEEPS),
     log:
-        f"{RESULTS}/logs/sweep_plot/{{experiment}}.log",
+        LAYOUT.log("sweep_plot", "{experiment}"),
     benchmark:
-        f"{RESULTS}/benchmarks/sweep_plot/{{experiment}}.tsv"
+        LAYOUT.benchmark("sweep_plot", "{experiment}")
     resources:
         mem_mb=1000,
         runtime=10,
@@ -72,17 +73,18 @@ rule sweep_plot:
 
 rule predict:
     input:
-        checkpoints=lambda w: expand(
-            f"{RESULTS}/{w.experiment}/{w.variant}/seed{{seed}}/{{name}}",
-            seed=SEEDS, name=[FILES.CHECKPOINT, FILES.FEATURE_STATS],
-        ),
+        checkpoints=lambda w: [
+            LAYOUT.run(w.experiment, w.variant, s, name)
+            for s in SEEDS
+            for name in (FILES.CHECKPOINT, FILES.FEATURE_STATS)
+        ],
         # Every slide's features, through the QC summary (which waits for them all).
-        qc=f"{RESULTS}/qc/summary.tsv",
+        qc=LAYOUT.qc_summary,
     output:
-        predictions=update(f"{RESULTS}/{{experiment}}/{{variant}}/{FILES.PREDICTIONS_CSV}"),
+        predictions=update(LAYOUT.variant(name=FILES.PREDICTIONS_CSV)),
         heatmaps=update(
             report(
-                directory(f"{RESULTS}/{{experiment}}/{{variant}}/{FILES.HEATMAPS_DIR}"),
+                directory(LAYOUT.variant(name=FILES.HEATMAPS_DIR)),
                 patterns=["{slide}.png"],
                 caption="../report/heatmap.rst",
                 category="{experiment}",
@@ -93,23 +95,23 @@ rule predict:
     params:
         sheet=config["samples"],
         classes=config["classes"],
-        features_dir=FEATURES_DIR,
-        model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
-        hparams=lambda w: shlex.quote(
-            json.dumps(EXPERIMENTS[w.experiment][w.variant]["hparams"], sort_keys=True)
+        features_dir=LAYOUT.features_dir,
+        model=lambda w: PLAN.variant(w.experiment, w.variant).model,
+        hparams=lambda w: PLAN.hparams(w.experiment, w.variant),
+        runs=lambda w: " ".join(LAYOUT.run(w.experiment, w.variant, s) for s in SEEDS),
+        heatmaps=lambda w, output: (
+            f"--heatmaps {output.heatmaps}" if PLAN.draws_heatmaps(w.variant) else ""
         ),
-        runs=lambda w: " ".join(run_dir(w.experiment, w.variant, s) for s in SEEDS),
-        heatmaps=lambda w, output: f"--heatmaps {output.heatmaps}" if draws_heatmaps(w) else "",
         max_side=config["predict"]["heatmap_max_side"],
     priority: heatmaps_first
     log:
-        f"{RESULTS}/logs/predict/{{experiment}}/{{variant}}.log",
+        LAYOUT.log("predict", "{experiment}/{variant}"),
     benchmark:
-        f"{RESULTS}/benchmarks/predict/{{experiment}}/{{variant}}.tsv"
+        LAYOUT.benchmark("predict", "{experiment}/{variant}")
     resources:
         mem_mb=8000,
         runtime=120,
-        span_runtime=RUNTIME["train"],
+        span_runtime=PLAN.runtime("train"),
     conda:
         TRAINING_ENV
     shell:

@@ -1,31 +1,29 @@
 # Feature stage. Batch jobs encode many slides each (the encoder built once, the next slide's
 # tiles read while the current one encodes) or import their precomputed CLAM/TRIDENT files
 # (sample-sheet rows with `features`, grid-snapped) into a hidden store; a local per-slide rule
-# links each slide's features file into place (see "Batch jobs" in common.smk). Then the
+# links each slide's features file into place (docs/architecture.md, "Batch jobs"). Then the
 # cohort's QC summary, the one register of excluded slides (it waits for every slide).
 
 
 rule extract:
     input:
         slides=lambda w: [SAMPLES[s].path for s in BATCHES["patch"][w.batch]],
-        patches=lambda w: [f"{RESULTS}/patches/{s}.h5" for s in BATCHES["patch"][w.batch]],
+        patches=lambda w: [LAYOUT.patches(s) for s in BATCHES["patch"][w.batch]],
     output:
-        update(f"{MANIFESTS['extract']}/{{batch}}.tsv"),
+        update(LAYOUT.manifest("extract")),
     params:
         ids=batch_slides("patch"),
-        store=STORES["features"],
-        options=cli_options(
-            config["features"], EncoderSettings, ExtractSettings, skip=RUNTIME_KEYS["features"]
-        ),
+        store=LAYOUT.store("features"),
+        options=PLAN.extract_options,
     threads: config["features"]["threads"]
     log:
-        f"{RESULTS}/logs/extract/{{batch}}.log",
+        LAYOUT.log("extract", "{batch}"),
     benchmark:
-        f"{RESULTS}/benchmarks/extract/{{batch}}.tsv"
+        LAYOUT.benchmark("extract", "{batch}")
     resources:
         mem_mb=8000,
         runtime=batch_runtime(15, "patch"),
-        span_runtime=RUNTIME["extract"],
+        span_runtime=PLAN.runtime("extract"),
     conda:
         "../../envs/features.yaml"
     shell:
@@ -38,19 +36,19 @@ rule import_features:
     input:
         lambda w: [SAMPLES[s].features for s in BATCHES["import_features"][w.batch]],
     output:
-        update(f"{MANIFESTS['import_features']}/{{batch}}.tsv"),
+        update(LAYOUT.manifest("import_features")),
     params:
         ids=batch_slides("import_features"),
-        store=STORES["features"],
-        options=cli_options(config["features"], ImportSettings),
+        store=LAYOUT.store("features"),
+        options=PLAN.import_options,
     log:
-        f"{RESULTS}/logs/import_features/{{batch}}.log",
+        LAYOUT.log("import_features", "{batch}"),
     benchmark:
-        f"{RESULTS}/benchmarks/import_features/{{batch}}.tsv"
+        LAYOUT.benchmark("import_features", "{batch}")
     resources:
         mem_mb=4000,
         runtime=batch_runtime(1, "import_features"),
-        span_runtime=RUNTIME["batch"],
+        span_runtime=PLAN.runtime("batch"),
     conda:
         "../../envs/features.yaml"
     shell:
@@ -62,17 +60,14 @@ rule link_features:
     input:
         unpack(features_source),
     output:
-        f"{FEATURES_DIR}/{{slide}}.h5",
+        LAYOUT.features(),
     log:
-        f"{RESULTS}/logs/link_features/{{slide}}.log",
+        LAYOUT.log("link_features", "{slide}"),
     params:
         options=lambda w: (
-            cli_options(config["features"], EncoderSettings, ExtractSettings,
-                        skip=RUNTIME_KEYS["features"])
-            if SAMPLES[w.slide].needs_patching
-            else cli_options(config["features"], ImportSettings)
+            PLAN.extract_options if SAMPLES[w.slide].needs_patching else PLAN.import_options
         ),
-        stored=f"{STORES['features']}/{{slide}}.h5",
+        stored=f"{LAYOUT.store('features')}/{{slide}}.h5",
     localrule: True
     shell:
         link_shell(("{params.stored:q}", "{output:q}"))
@@ -80,15 +75,15 @@ rule link_features:
 
 rule qc_summary:
     input:
-        expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=sorted(SAMPLES)),
+        [LAYOUT.features(s) for s in PLAN.cohort.ids],
     output:
-        update(f"{RESULTS}/qc/summary.tsv"),
+        update(LAYOUT.qc_summary),
     params:
         max_bad_tile_share=config["features"]["max_bad_tile_share"],
     log:
-        f"{RESULTS}/logs/qc_summary.log",
+        LAYOUT.log("qc_summary"),
     benchmark:
-        f"{RESULTS}/benchmarks/qc_summary.tsv"
+        LAYOUT.benchmark("qc_summary")
     resources:
         mem_mb=1000,
         runtime=10,

@@ -1,25 +1,25 @@
 # Slide stage: tissue segmentation and grid-aligned patching. Batch jobs patch many slides
 # each into a hidden store; a local per-slide rule links each slide's patch file and QC image
-# into place (see "Batch jobs" in common.smk).
+# into place (docs/architecture.md, "Batch jobs").
 
 
 rule patch:
     input:
         slides=lambda w: [SAMPLES[s].path for s in BATCHES["patch"][w.batch]],
     output:
-        update(f"{MANIFESTS['patch']}/{{batch}}.tsv"),
+        update(LAYOUT.manifest("patch")),
     params:
         ids=batch_slides("patch"),
-        store=STORES["patches"],
-        options=cli_options(config["patching"], PatchSettings),
+        store=LAYOUT.store("patches"),
+        options=PLAN.patch_options,
     log:
-        f"{RESULTS}/logs/patch/{{batch}}.log",
+        LAYOUT.log("patch", "{batch}"),
     benchmark:
-        f"{RESULTS}/benchmarks/patch/{{batch}}.tsv"
+        LAYOUT.benchmark("patch", "{batch}")
     resources:
         mem_mb=2000,
         runtime=batch_runtime(2, "patch"),
-        span_runtime=RUNTIME["batch"],
+        span_runtime=PLAN.runtime("batch"),
     conda:
         "../../envs/slides.yaml"
     shell:
@@ -32,15 +32,15 @@ rule link_patches:
         manifest=lambda w: manifest_of("patch", w.slide),
         slide=lambda w: SAMPLES[w.slide].path,
     output:
-        h5=f"{RESULTS}/patches/{{slide}}.h5",
-        qc=report(f"{RESULTS}/qc/{{slide}}.png", caption="../report/qc.rst", category="Slides",
+        h5=LAYOUT.patches(),
+        qc=report(LAYOUT.qc_image(), caption="../report/qc.rst", category="Slides",
                   subcategory="QC thumbnails", labels={"slide": "{slide}"}),
     log:
-        f"{RESULTS}/logs/link_patches/{{slide}}.log",
+        LAYOUT.log("link_patches", "{slide}"),
     params:
-        options=cli_options(config["patching"], PatchSettings),
-        h5=f"{STORES['patches']}/{{slide}}.h5",
-        qc=f"{STORES['patches']}/{{slide}}.png",
+        options=PLAN.patch_options,
+        h5=f"{LAYOUT.store('patches')}/{{slide}}.h5",
+        qc=f"{LAYOUT.store('patches')}/{{slide}}.png",
     localrule: True
     shell:
         link_shell(("{params.h5:q}", "{output.h5:q}"), ("{params.qc:q}", "{output.qc:q}"))

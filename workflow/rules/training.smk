@@ -5,21 +5,21 @@
 rule split:
     input:
         # Which labelled slides the QC rule excludes (unlabelled ones are never waited for).
-        features=expand(f"{FEATURES_DIR}/{{slide}}.h5", slide=LABELLED),
+        features=[LAYOUT.features(s) for s in PLAN.cohort.labelled],
     output:
-        update(f"{RESULTS}/splits.tsv"),
+        update(LAYOUT.splits),
     params:
         # The split depends on the labelled rows' slide_id, patient, label and split and on
         # the excluded slides only: editing paths or other config does not re-split.
         sheet=config["samples"],
         max_bad_tile_share=config["features"]["max_bad_tile_share"],
-        rows=SPLIT_KEY,
+        rows=PLAN.split_key,
         classes=config["classes"],
-        options=cli_options(config["splits"], SplitSettings),
+        options=PLAN.split_options,
     log:
-        f"{RESULTS}/logs/split.log",
+        LAYOUT.log("split"),
     benchmark:
-        f"{RESULTS}/benchmarks/split.tsv"
+        LAYOUT.benchmark("split")
     resources:
         mem_mb=1000,
         runtime=10,
@@ -33,40 +33,40 @@ rule split:
 
 rule train:
     input:
-        unpack(teacher_inputs),
+        unpack(lambda w: PLAN.teacher_files(w.experiment, w.variant, w.seed)),
         # The features it reads come through the splits: the split job waits for (and re-runs
         # with) every labelled slide's features; listing 10,000 files here per training job
         # made planning a large cohort slow.
-        splits=f"{RESULTS}/splits.tsv",
+        splits=LAYOUT.splits,
     output:
-        checkpoint=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.CHECKPOINT}"),
-        stats=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.FEATURE_STATS}"),
-        history=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.HISTORY_CSV}"),
-        metrics=update(f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.METRICS_JSON}"),
-        predictions=update(
-            f"{RESULTS}/{{experiment}}/{{variant}}/seed{{seed}}/{FILES.TEST_PREDICTIONS_CSV}"
-        ),
+        checkpoint=update(LAYOUT.run(name=FILES.CHECKPOINT)),
+        stats=update(LAYOUT.run(name=FILES.FEATURE_STATS)),
+        history=update(LAYOUT.run(name=FILES.HISTORY_CSV)),
+        metrics=update(LAYOUT.run(name=FILES.METRICS_JSON)),
+        predictions=update(LAYOUT.run(name=FILES.TEST_PREDICTIONS_CSV)),
     params:
-        split_plan=SPLIT_PLAN,
-        model=lambda w: EXPERIMENTS[w.experiment][w.variant]["model"],
+        split_plan=PLAN.split_plan,
+        model=lambda w: PLAN.variant(w.experiment, w.variant).model,
         classes=config["classes"],
-        options=train_options,
-        features_dir=FEATURES_DIR,
+        options=lambda w: PLAN.train_options(w.experiment, w.variant),
+        features_dir=LAYOUT.features_dir,
         teacher_runtime=lambda w, input: (
             f"--add-runtime-of {input.teacher_metrics}" if "teacher" in input.keys() else ""
         ),
-        hparams=train_hparams,
-        out=lambda w: run_dir(w.experiment, w.variant, w.seed),
+        # A function of the wildcards only: Snakemake leaves params derived from `input` out
+        # of its re-run check, and a changed hyperparameter must retrain.
+        hparams=lambda w: PLAN.hparams(w.experiment, w.variant, w.seed),
+        out=lambda w: LAYOUT.run(w.experiment, w.variant, w.seed),
     threads: config["training"]["threads"]
     priority: heatmaps_first
     log:
-        f"{RESULTS}/logs/train/{{experiment}}/{{variant}}/seed{{seed}}.log",
+        LAYOUT.log("train", "{experiment}/{variant}/seed{seed}"),
     benchmark:
-        f"{RESULTS}/benchmarks/train/{{experiment}}/{{variant}}/seed{{seed}}.tsv"
+        LAYOUT.benchmark("train", "{experiment}/{variant}/seed{seed}")
     resources:
         mem_mb=16000,
         runtime=720,
-        span_runtime=RUNTIME["train"],
+        span_runtime=PLAN.runtime("train"),
     conda:
         TRAINING_ENV
     shell:

@@ -1,0 +1,239 @@
+"""The workflow's plan without Snakemake: experiments checked whole, sweeps, the cohort's sets,
+batches and split plan, the path layout, and the jobs' command-line words."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from span import outputs as files
+from span.data.samplesheet import Sample
+from span.errors import SpanError
+from span.outputs import Layout
+from span.plan.cohort import Cohort, split_plan
+from span.plan.config import check_names, resolve_encoder
+from span.plan.experiments import model_checks, parse_experiment, sweep_parameter
+from span.plan.workflow import WorkflowPlan
+from tests.workflow_helpers import REPO
+
+CONFIG = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+
+
+def samples(*rows) -> dict[str, Sample]:
+    """Samples from (id, label[, features]) rows; paths under /data."""
+    out = {}
+    for sid, label, *features in rows:
+        feats = features[0] if features else ""
+        out[sid] = Sample(sid, "" if feats else f"/data/{sid}.svs", label, feats)
+    return out
+
+
+def test_the_plan_imports_no_torch():
+    code = "import sys, span.plan.workflow; print('torch' in sys.modules)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "False"
+
+
+def test_variants_are_parsed_in_order_with_their_defaults():
+    variants = parse_experiment(
+        "e",
+        [
+            {"model": "span"},
+            {"model": "abmil", "name": "a2", "label": "A2", "hparams": {"hidden": 64}},
+            {"model": "mhim", "teacher": "a2", "training": {"epochs": 3, "lr": 1}},
+        ],
+    )
+    assert list(variants) == ["span", "a2", "mhim"]
+    assert variants["a2"].label == "A2" and variants["a2"].hparams == {"hidden": 64}
+    assert variants["mhim"].teacher == "a2" and variants["mhim"].training == {"epochs": 3, "lr": 1}
+
+
+@pytest.mark.parametrize(
+    ("entries", "message"),
+    [
+        ([{"model": "spam"}], "experiments.e.spam: unknown model 'spam'"),
+        (
+            [{"model": "span"}, {"model": "span"}],
+            "experiments.e.span: two variants share this name",
+        ),
+        (
+            [{"model": "span", "training": {"flip": True}}],
+            "experiments.e.span.training: no option flip",
+        ),
+        ([{"model": "span", "training": {"device": "cpu"}}], "training: no option device"),
+        ([{"model": "span", "training": {"epochs": 0}}], "training.epochs: 0 is not >= 1"),
+        ([{"model": "span", "training": {"epochs": 2.5}}], "training.epochs: 2.5 is not int"),
+        ([{"model": "span", "training": {"flips": "yes"}}], "training.flips: 'yes' is not bool"),
+        ([{"model": "span", "training": {"patch_drop": 1.0}}], "patch_drop: 1.0 is not < 1"),
+        ([{"model": "mhim", "teacher": "abmil"}], "teacher 'abmil' is not a variant of e"),
+        ([{"model": "span", "hparams": [1]}], "experiments.e.span.hparams: [1] is not a mapping"),
+    ],
+)
+def test_a_bad_variant_is_one_line_naming_it(entries, message):
+    with pytest.raises(SpanError, match="invalid config") as err:
+        parse_experiment("e", entries)
+    assert message in str(err.value)
+
+
+def test_sweeps_are_one_numeric_hyperparameter_over_one_model():
+    def sweep(*entries):
+        return sweep_parameter(parse_experiment("e", list(entries)))
+
+    side = [{"model": "span", "name": f"w{s}", "hparams": {"window_side": s}} for s in (2, 4)]
+    assert sweep(*side) == "window_side"
+    assert sweep(side[0]) is None  # one variant
+    assert sweep(side[0], {**side[1], "model": "abmil", "hparams": {"hidden": 4}}) is None
+    assert sweep(side[0], {**side[1], "training": {"epochs": 2}}) is None
+    assert sweep(side[0], {**side[1], "hparams": {"window_side": 4, "heads": 4}}) is None
+    named = [{"model": "span", "name": n, "hparams": {"head": n}} for n in ("mean", "global")]
+    assert sweep(*named) is None  # not numeric
+
+
+def test_each_model_and_hyperparameters_are_built_once():
+    experiments = {
+        "a": parse_experiment("a", [{"model": "span"}, {"model": "abmil"}]),
+        "b": parse_experiment(
+            "b",
+            [
+                {"model": "span", "name": "x"},
+                {"model": "span", "name": "y", "hparams": {"heads": 4}},
+            ],
+        ),
+    }
+    checks = model_checks(experiments)
+    assert [c["where"] for c in checks] == [
+        "experiments.a.span.hparams",
+        "experiments.a.abmil.hparams",
+        "experiments.b.y.hparams",
+    ]
+
+
+def test_encoder_and_names_checked_against_the_registry_and_the_experiments():
+    assert resolve_encoder({"encoder": "resnet50", "layer": None, "weights": "imagenet"}) == (
+        "penultimate"
+    )
+    with pytest.raises(SpanError, match=r"features\.layer: uni has no output 'layer3'"):
+        resolve_encoder({"encoder": "uni", "layer": "layer3", "weights": "hf-hub"})
+    with pytest.raises(SpanError, match=r"features\.weights: uni has no imagenet weights"):
+        resolve_encoder({"encoder": "uni", "layer": None, "weights": "imagenet"})
+    experiments = {"main": {"span": None}}
+    config = {"run_experiments": None, "predict": {"heatmaps": ["span"]}}
+    assert check_names(config, experiments) == ["main"]
+    with pytest.raises(SpanError, match="run_experiments: 'other' is not an experiment"):
+        check_names({**config, "run_experiments": ["other"]}, experiments)
+    with pytest.raises(SpanError, match=r"predict\.heatmaps: no experiment has a variant"):
+        check_names({**config, "predict": {"heatmaps": ["x"]}}, experiments)
+
+
+def test_cohort_sets_and_batches():
+    cohort = Cohort(
+        samples(("a", "t"), ("b", ""), ("c", "n"), ("d", "t", "/f/d.h5"), ("e", "", "/f/e.h5")),
+        demo_generate=False,
+        slides_per_job=1,
+    )
+    assert (cohort.patched, cohort.imported, cohort.labelled) == (
+        ["a", "b", "c"],
+        ["d", "e"],
+        ["a", "c", "d"],
+    )
+    assert cohort.batches("patch") == {
+        "labelled-1": ["a"],
+        "labelled-2": ["c"],
+        "unlabelled-1": ["b"],
+    }
+    assert cohort.batches("extract") == cohort.batches("patch")
+    assert cohort.batch_of("import_features") == {"d": "labelled-1", "e": "unlabelled-1"}
+    assert cohort.batches("demo_slides") == {}
+    demo = Cohort(
+        {"demo_00": Sample("demo_00", "resources/demo/slides/demo_00.tiff", "x")}, True, 5
+    )
+    assert demo.demo_made == ["demo_00"]
+
+
+def test_split_plan_changes_with_what_the_split_reads_only():
+    base = samples(("a", "t"), ("b", "n"), ("c", ""))
+    plan = split_plan(base, ["n", "t"], {"seed": 42}, 0.05)
+    unlabelled_added = {**base, **samples(("z", ""))}
+    moved = {**base, "a": Sample("a", "/elsewhere/a.svs", "t")}
+    assert split_plan(unlabelled_added, ["n", "t"], {"seed": 42}, 0.05) == plan
+    assert split_plan(moved, ["n", "t"], {"seed": 42}, 0.05) == plan
+    for other in (
+        split_plan({**base, **samples(("z", "t"))}, ["n", "t"], {"seed": 42}, 0.05),
+        split_plan(base, ["n", "t"], {"seed": 7}, 0.05),
+        split_plan(base, ["n", "t"], {"seed": 42}, 0.1),
+        split_plan(base, ["t", "n"], {"seed": 42}, 0.05),
+    ):
+        assert other != plan
+
+
+def test_layout_spells_every_path_once():
+    lay = Layout("c", "resnet50-layer3")
+    assert lay.patches("s") == "results/c/patches/s.h5"
+    assert lay.patches() == "results/c/patches/{slide}.h5"
+    assert lay.features("s") == "results/c/features/resnet50-layer3/s.h5"
+    assert lay.store("features") == "results/c/features/resnet50-layer3/.store"
+    assert lay.manifest("extract", "labelled-1") == (
+        "results/c/features/resnet50-layer3/batches/extract/labelled-1.tsv"
+    )
+    assert lay.run("e", "v", 3, files.METRICS_JSON) == "results/c/e/v/seed3/metrics.json"
+    assert (
+        lay.run(name=files.CHECKPOINT)
+        == "results/c/{experiment}/{variant}/seed{seed}/checkpoint.pt"
+    )
+    assert lay.log("train", "e/v/seed0") == "results/c/logs/train/e/v/seed0.log"
+    assert lay.benchmark("train", "e/v/seed0") == "results/c/benchmarks/train/e/v/seed0.tsv"
+    assert lay.benchmark("split") == "results/c/benchmarks/split.tsv"
+
+
+def demo_plan(**changes) -> WorkflowPlan:
+    config = copy.deepcopy(CONFIG)
+    for key, value in changes.items():
+        config[key] = value
+    sheet = {
+        f"demo_{i:02d}": Sample(
+            f"demo_{i:02d}", f"resources/demo/slides/demo_{i:02d}.tiff", "clumped"
+        )
+        for i in range(3)
+    }
+    return WorkflowPlan.from_config(config, sheet)
+
+
+def test_the_plan_of_the_demo_config():
+    plan = demo_plan()
+    assert plan.run_experiments == ["main"] and plan.sweeps == {"window_sweep": "window_side"}
+    targets = plan.targets()
+    assert targets[0] == "results/demo/qc/summary.tsv"
+    assert "results/demo/features/resnet18-penultimate/demo_02.h5" in targets
+    assert "results/demo/main/report.md" in targets
+    assert "results/demo/main/transmil/predictions.csv" in targets
+    assert not any("window_sweep" in t for t in targets)
+    assert "--no-strict" in plan.runtime("extract") and "--device auto" in plan.runtime("extract")
+    assert "--threads" not in plan.runtime("train") and "--cache-mb 4096" in plan.runtime("train")
+    assert "--device" not in plan.extract_options and "--encoder resnet18" in plan.extract_options
+
+
+def test_training_words_merge_the_variants_overrides_and_its_teacher():
+    experiments = copy.deepcopy(CONFIG["experiments"])
+    experiments["main"] = [
+        {"model": "abmil", "name": "abmil_relu", "hparams": {"attention_bias": False}},
+        {"model": "mhim", "teacher": "abmil_relu", "training": {"epochs": 3}},
+    ]
+    plan = demo_plan(experiments=experiments, predict={"heatmaps": [], "heatmap_max_side": 100})
+    words = shlex.split(plan.train_options("main", "mhim"))
+    assert words[words.index("--epochs") + 1] == "3" and "--device" not in words
+    hparams = json.loads(shlex.split(plan.hparams("main", "mhim", 1))[0])
+    assert hparams["teacher_checkpoint"] == "results/demo/main/abmil_relu/seed1/checkpoint.pt"
+    assert "teacher_checkpoint" not in json.loads(shlex.split(plan.hparams("main", "mhim"))[0])
+    assert plan.teacher_files("main", "abmil_relu", 1) == {}
+    runs = plan.evaluation_runs("main").split()
+    assert runs[:3] == ["--run", "abmil_relu", "results/demo/main/abmil_relu/seed0"]
+    labels = json.loads(shlex.split(demo_plan().variant_labels("ablation"))[0])
+    assert labels["baseline"] == "Baseline"
+    values = json.loads(shlex.split(demo_plan().sweep_values("window_sweep"))[0])
+    assert values == {"w6": 6, "w2": 2, "w4": 4, "w8": 8, "w12": 12, "w16": 16}
