@@ -1,6 +1,6 @@
 # The two commands of README.md. Each creates .venv (and installs the project) if needed.
 #   make demo   run the pipeline on the default config (the synthetic demo cohort)
-#   make test   lint, format check and the test suite
+#   make test   lint, format checks (ruff; snakefmt for the rules) and the test suite
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -28,6 +28,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	ruff check .
 	ruff format --check .
+	snakefmt --check Snakefile workflow/rules
 
 test: lint
 	pytest -n 2 --dist loadfile --durations=15

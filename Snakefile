@@ -52,5 +52,8 @@ onerror:
     if kept := outdate_restored(log):
         for path in kept:
             workflow.persistence.cleanup_metadata(IOFile(path))
-        print(f"{len(kept)} earlier result(s) kept in place of the failed jobs' (dated 1970 "
-              "so that the next run redoes those jobs)", file=sys.stderr)
+        print(
+            f"{len(kept)} earlier result(s) kept in place of the failed jobs' (dated 1970 "
+            "so that the next run redoes those jobs)",
+            file=sys.stderr,
+        )

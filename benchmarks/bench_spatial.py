@@ -70,7 +70,7 @@ def train_one(folder: Path, classes: list[str], model: str, seed: int) -> Path:
     """One `span train` run (the CLI's defaults) in this worker; returns its folder."""
     import torch
 
-    from span.training.run import run_training
+    from span.training.run import TrainingJob, run_training
     from span.training.trainer import TrainConfig
 
     torch.set_num_threads(1)
@@ -78,14 +78,7 @@ def train_one(folder: Path, classes: list[str], model: str, seed: int) -> Path:
     config = TrainConfig(seed=seed)
     if _trained_with(out) != json.loads(json.dumps(asdict(config))):
         run_training(
-            folder / "splits.tsv",
-            folder / "features",
-            classes,
-            model,
-            {},
-            model,
-            config,
-            out,
+            TrainingJob(folder / "splits.tsv", folder / "features", classes, model, out, config)
         )
     return out
 
@@ -94,7 +87,7 @@ def _trained_with(run: Path) -> dict | None:
     """The training options of a finished run (None if unfinished): runs made with other
     defaults are trained again."""
     from span.outputs import METRICS_JSON
-    from span.training.run_files import read_run_metrics
+    from span.run_files import read_run_metrics
 
     metrics = run / METRICS_JSON
     return read_run_metrics(metrics)["training"] if metrics.exists() else None
@@ -103,7 +96,7 @@ def _trained_with(run: Path) -> dict | None:
 def test_predictions(run: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(labels, P(last class)) of a run's test_predictions.csv, in slide order."""
     from span.outputs import TEST_PREDICTIONS_CSV
-    from span.training.run_files import read_test_predictions
+    from span.run_files import read_test_predictions
 
     _, y, probs = read_test_predictions(run / TEST_PREDICTIONS_CSV, classes)
     return np.array([classes[k] for k in y]), probs[:, -1]

@@ -35,6 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     from span.data import cli as data_cli
     from span.evaluation import cli as evaluation_cli
     from span.features import cli as features_cli
+    from span.inference import cli as inference_cli
     from span.models import cli as models_cli
     from span.slides import cli as slides_cli
     from span.synthetic import cli as synthetic_cli
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     models_cli.register(stages)
     training_cli.register(stages)
     evaluation_cli.register(stages)
+    inference_cli.register(stages)
     synthetic_cli.register(stages)
     preflight.register(stages)
     return parser

@@ -45,3 +45,49 @@ def test_readme_is_a_short_guide_whose_links_resolve():
     for target in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text):
         assert (REPO / target).exists(), target
     assert not re.search(r"\b[0-9a-f]{7}\b", text), "no commit hashes in the user guide"
+
+
+#: The stages in pipeline order: a module may import from its own stage and earlier ones only.
+STAGES = ("slides", "features", "data", "models", "training", "evaluation", "inference")
+
+
+def _span_imports(path: Path) -> set[str]:
+    """The span modules a file imports at run time (not under `if TYPE_CHECKING:`)."""
+    import ast
+
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and "TYPE_CHECKING" in ast.unparse(block.test)
+        for stmt in block.body
+        for node in ast.walk(stmt)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("span"):
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith("span")}
+    return found
+
+
+def test_no_stage_imports_from_a_later_one():
+    wrong = []
+    for i, stage in enumerate(STAGES):
+        for path in (REPO / "span" / stage).rglob("*.py"):
+            for module in _span_imports(path):
+                parts = module.split(".")
+                if len(parts) > 1 and parts[1] in STAGES[i + 1 :]:
+                    wrong.append(f"{path.relative_to(REPO)} imports {module}")
+    assert not wrong, wrong
+
+
+def test_shared_modules_import_no_stage():
+    """The metrics and the run files are read by training, evaluation, inference, benchmarks
+    and tests: they belong to no stage."""
+    for name in ("metrics.py", "run_files.py", "outputs.py", "batches.py"):
+        stages = {m.split(".")[1] for m in _span_imports(REPO / "span" / name) if m.count(".")}
+        assert not stages & set(STAGES), (name, stages)

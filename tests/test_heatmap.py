@@ -6,7 +6,7 @@ from __future__ import annotations
 import matplotlib
 import numpy as np
 
-from span.evaluation.heatmap import ALPHA, rank_normalise, render_heatmap, thumbnail
+from span.inference.heatmap import ALPHA, rank_normalise, render_heatmap, thumbnail
 
 
 def test_cells_take_their_rank_colour_and_the_rest_stays_the_thumbnail(write_slide) -> None:

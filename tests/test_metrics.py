@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score, roc_auc_score
 
-from span.evaluation.metrics import (
+from span.metrics import (
     auc,
     bootstrap_ci,
     bootstrap_distribution,

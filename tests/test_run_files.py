@@ -9,8 +9,7 @@ import numpy as np
 import pytest
 
 from span.errors import SpanError
-from span.training.bags import Bag
-from span.training.run_files import (
+from span.run_files import (
     REQUIRED_KEYS,
     read_run_metrics,
     read_test_predictions,
@@ -18,6 +17,7 @@ from span.training.run_files import (
     write_run_metrics,
     write_test_predictions,
 )
+from span.training.bags import Bag
 
 CLASSES = ["a", "b", "c"]
 

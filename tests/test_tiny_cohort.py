@@ -15,7 +15,7 @@ import matplotlib.pyplot as plt
 import pytest
 
 from span import outputs as files
-from span.evaluation.heatmap import thumbnail
+from span.inference.heatmap import thumbnail
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic.tissue import render_tissue
 from tests.workflow_helpers import TINY, base_config, planned_jobs, snakemake, write_sheet

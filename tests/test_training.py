@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from span.features.feature_file import FeatureSet, read_feature_file, write_feat
 from span.models import build_model
 from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
 from span.training.feeder import BagFeeder
-from span.training.run import run_training, split_bags
+from span.training.run import TrainingJob, run_training, split_bags
 from span.training.trainer import TrainConfig, predict
 
 DIM = 16
@@ -69,7 +70,7 @@ def write_cohort(root, n_slides: int, seed: int = 0, dim: int = DIM, empty: str 
 def train_abmil(splits, features, config: TrainConfig, out):
     """ABMIL on the synthetic cohort, on the CPU."""
     return run_training(
-        splits, features, ["normal", "tumor"], "abmil", {}, "abmil", config, out, device="cpu"
+        TrainingJob(splits, features, ["normal", "tumor"], "abmil", out, config, device="cpu")
     )
 
 
@@ -78,17 +79,9 @@ SMALL_SPAN = {"embed_dim": 32, "heads": 4, "window_side": 4}
 
 def test_span_learns_a_learnable_task(tmp_path):
     splits, features = write_cohort(tmp_path, 60)
-    metrics = run_training(
-        splits,
-        features,
-        ["normal", "tumor"],
-        "span",
-        SMALL_SPAN,
-        "span",
-        TrainConfig(epochs=15, patience=15, lr=1e-3, seed=0),
-        tmp_path / "run",
-        device="cpu",
-    )
+    config = TrainConfig(epochs=15, patience=15, lr=1e-3, seed=0)
+    job = TrainingJob(splits, features, ["normal", "tumor"], "span", tmp_path / "run", config)
+    metrics = run_training(replace(job, hparams=SMALL_SPAN, device="cpu"))
     with (tmp_path / "run" / "test_predictions.csv").open() as f:
         rows = list(csv.DictReader(f))
     correct = [(float(r["prob_tumor"]) > 0.5) == (r["label"] == "tumor") for r in rows]
@@ -129,16 +122,17 @@ def test_metrics_json_and_teacher_runtime(tmp_path):
     teacher = train_abmil(splits, features, config, tmp_path / "abmil")
     hparams = {"teacher_checkpoint": str(tmp_path / "abmil" / "checkpoint.pt")}
     student = run_training(
-        splits,
-        features,
-        ["normal", "tumor"],
-        "mhim",
-        hparams,
-        "mhim",
-        config,
-        tmp_path / "mhim",
-        device="cpu",
-        add_runtime_of=tmp_path / "abmil" / "metrics.json",
+        TrainingJob(
+            splits,
+            features,
+            ["normal", "tumor"],
+            "mhim",
+            tmp_path / "mhim",
+            config,
+            hparams,
+            device="cpu",
+            add_runtime_of=tmp_path / "abmil" / "metrics.json",
+        )
     )
     assert student["runtime_per_epoch_s"] > teacher["runtime_per_epoch_s"]
     assert "teacher (abmil" in student["runtime_note"]
@@ -202,15 +196,16 @@ def test_unknown_hyperparameter_is_one_clear_error(tmp_path):
     splits, features = write_cohort(tmp_path, 6)
     with pytest.raises(SpanError, match="no hyperparameter"):
         run_training(
-            splits,
-            features,
-            ["normal", "tumor"],
-            "span",
-            {"window": 4},
-            "span",
-            TrainConfig(epochs=1),
-            tmp_path / "run",
-            device="cpu",
+            TrainingJob(
+                splits,
+                features,
+                ["normal", "tumor"],
+                "span",
+                tmp_path / "run",
+                TrainConfig(epochs=1),
+                {"window": 4},
+                device="cpu",
+            )
         )
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 from span.atomic import write_text_atomic
 from span.data.samplesheet import SPLITS, Sample
 from span.errors import SpanError
+from span.settings.stages import SplitSettings
 
 COLUMNS = ("slide_id", "patient", "label", "split", "excluded")
 EXCLUDED = "excluded"  # the split of a slide the QC excludes
@@ -159,12 +160,15 @@ def _slide_id(s: Sample) -> str:
     return s.slide_id
 
 
+_DEFAULT = SplitSettings()
+
+
 def make_splits(
     samples: list[Sample],
     classes: list[str],
-    seed: int = 42,
-    test_fraction: float = 1 / 3,
-    val_fraction: float = 0.15,
+    seed: int = _DEFAULT.seed,
+    test_fraction: float = _DEFAULT.test_fraction,
+    val_fraction: float = _DEFAULT.val_fraction,
     excluded: Mapping[str, str] | None = None,
 ) -> tuple[list[SplitRow], list[str]]:
     """Assign every labelled slide to train/val/test at the patient level (see module doc).

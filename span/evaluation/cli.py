@@ -1,4 +1,4 @@
-"""Subcommands of the evaluation stage: `span evaluate` and `span predict`."""
+"""Subcommands of the evaluation stage: `span evaluate` and `span sweep-plot`."""
 
 from __future__ import annotations
 
@@ -8,8 +8,6 @@ import logging
 from pathlib import Path
 
 from span.errors import SpanError
-from span.settings.options import add_options
-from span.settings.stages import PredictSettings, TrainSettings
 
 log = logging.getLogger(__name__)
 
@@ -61,27 +59,8 @@ def _json_object(text: str, option: str) -> dict:
     return value
 
 
-def _predict(args: argparse.Namespace) -> None:
-    from span.evaluation.predict import run_prediction
-
-    run_prediction(
-        Path(args.samples),
-        args.classes,
-        Path(args.features_dir),
-        args.model,
-        json.loads(args.hparams),
-        [Path(d) for d in args.runs],
-        Path(args.out),
-        Path(args.heatmaps) if args.heatmaps else None,
-        args.heatmap_max_side,
-        args.device,
-        Path(args.qc) if args.qc else None,
-        args.cache_mb,
-    )
-
-
 def register(stages: argparse._SubParsersAction) -> None:
-    """Add `span evaluate` and `span predict`."""
+    """Add `span evaluate` and `span sweep-plot`."""
     e = stages.add_parser(
         "evaluate",
         help="paper-style tables with p-values, ROC curves and report.md for one experiment",
@@ -114,19 +93,3 @@ def register(stages: argparse._SubParsersAction) -> None:
     s.add_argument("--labels", default="{}", help="JSON object: variant -> axis label")
     s.add_argument("--out", required=True, help="PNG to write")
     s.set_defaults(func=_sweep_plot)
-
-    p = stages.add_parser(
-        "predict", help="probabilities per seed and averaged for every slide, and heatmaps"
-    )
-    p.add_argument("--samples", required=True, help="sample sheet (all its slides are predicted)")
-    p.add_argument("--classes", nargs="+", required=True)
-    p.add_argument("--features-dir", required=True)
-    p.add_argument("--model", required=True)
-    p.add_argument("--hparams", default="{}", help="JSON object of model hyperparameters")
-    p.add_argument("--runs", nargs="+", required=True, help="seed folders with checkpoint.pt")
-    p.add_argument("--out", required=True, help="predictions CSV to write")
-    p.add_argument("--heatmaps", help="folder for one heatmap PNG per slide (optional)")
-    add_options(p, PredictSettings)
-    add_options(p, TrainSettings, ("device", "cache_mb"))
-    p.add_argument("--qc", help="qc/summary.tsv: its excluded slides are not predicted")
-    p.set_defaults(func=_predict)

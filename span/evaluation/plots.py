@@ -12,9 +12,9 @@ import pandas as pd
 
 from span.atomic import atomic_output
 from span.errors import SpanError
-from span.evaluation.metrics import binary_auc
 from span.evaluation.results_files import read_results
 from span.evaluation.seed_runs import VariantResult
+from span.metrics import binary_auc
 
 _SWEEP_COLUMNS = ("variant", "accuracy_mean", "accuracy_std", "peak_memory_mb", "peak_memory_kind")
 

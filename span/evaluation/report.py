@@ -1,7 +1,7 @@
 """`span evaluate`: an experiment's results tables, figures and report.md.
 
 Input, per variant and seed, a folder `<exp>/<variant>/seed<k>/` with the run files of
-`span.training.run_files`. Output, in `out_dir`, every file written atomically: results.csv
+`span.run_files`. Output, in `out_dir`, every file written atomically: results.csv
 (one row per variant) and results_per_seed.csv (`span.evaluation.results_files`), results.md
 (the paper's Table 1, or Table 2 when C > 2), roc.png and report.md. The statistics are those
 of `span.evaluation.summary`.

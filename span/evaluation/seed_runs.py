@@ -1,6 +1,6 @@
 """The trained seeds of an experiment's variants, loaded and checked against each other.
 
-Each seed folder `<exp>/<variant>/seed<k>/` holds the run files of `span.training.run_files`
+Each seed folder `<exp>/<variant>/seed<k>/` holds the run files of `span.run_files`
 (metrics.json, test_predictions.csv); every run must predict the same test slides with the
 same labels as the reference's first seed, and is reordered to that seed's slide order.
 """
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from span.errors import SpanError
-from span.evaluation.metrics import classification_metrics
+from span.metrics import classification_metrics
 from span.models.registry import display_name
 from span.outputs import METRICS_JSON, TEST_PREDICTIONS_CSV
-from span.training.run_files import read_run_metrics, read_test_predictions
+from span.run_files import read_run_metrics, read_test_predictions
 
 
 @dataclass(frozen=True)

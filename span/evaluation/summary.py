@@ -16,10 +16,10 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from span.evaluation.metrics import bootstrap_ci, classification_metrics
 from span.evaluation.seed_runs import VariantResult
 from span.evaluation.stats import delong_test, paired_ttest
-from span.training.run_files import REQUIRED_KEYS
+from span.metrics import bootstrap_ci, classification_metrics
+from span.run_files import REQUIRED_KEYS
 
 #: Bootstrap CIs: seed of the resampling and 1 - confidence level.
 BOOTSTRAP_SEED = 0

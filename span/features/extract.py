@@ -29,6 +29,7 @@ from span.features.encoders import Encoder
 from span.features.feature_file import FEATURE_DTYPES
 from span.features.tiles import CohortTiles, SlideTiles, worker_init
 from span.h5io import write_attrs
+from span.settings.options import check_values
 from span.settings.stages import ExtractSettings, tile_workers
 from span.slides.patch_file import PatchSet, read_patch_file
 from span.slides.reader import open_slide
@@ -49,11 +50,7 @@ class ExtractOptions:
     flush_every: int = _DEFAULT.flush_every
 
     def __post_init__(self) -> None:
-        if self.dtype not in FEATURE_DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(FEATURE_DTYPES)}")
-        workers_ok = self.num_workers == "auto" or int(self.num_workers) >= 0
-        if self.batch_size < 1 or not workers_ok or self.flush_every < 1:
-            raise ValueError("batch_size and flush_every must be >= 1, num_workers >= 0 or auto")
+        check_values(self, ExtractSettings)
 
 
 def partial_path(out: Path) -> Path:

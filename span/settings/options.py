@@ -137,6 +137,20 @@ def add_options(
         parser.add_argument(d.flag, help=text, **kwargs)
 
 
+def check_values(obj: Any, *settings: type) -> None:
+    """The bounds, patterns and allowed values the settings classes declare, checked on the
+    fields of `obj` of the same names (a stage's dataclass): the one place they are checked,
+    for a command's flags and for the stage's code called directly alike."""
+    for d in (d for s in settings for d in declared(s)):
+        if not hasattr(obj, d.name):
+            continue
+        value = getattr(obj, d.name)
+        if isinstance(value, str) and d.consts and value not in d.consts and str not in d.kinds:
+            raise ValueError(f"{d.name}: {value!r} is not one of {list(d.consts)}")
+        if value is not None and (problem := d.problem(value)):
+            raise ValueError(f"{d.name}: {problem}")
+
+
 def values_for(target: type, args: argparse.Namespace) -> dict[str, Any]:
     """The parsed options that a stage's dataclass `target` has fields of the same name for."""
     return {f.name: getattr(args, f.name) for f in fields(target) if hasattr(args, f.name)}

@@ -17,6 +17,7 @@ import span
 from span.atomic import write_png
 from span.batches import BatchItem, SlideOutcome, SlideStore, file_identity, key_of, run_batch
 from span.errors import SpanError
+from span.settings.options import check_values
 from span.settings.stages import PatchSettings
 from span.slides.grid import cell_tissue_fraction, grid_cells, grid_to_coords, select_cells
 from span.slides.patch_file import PatchSet, write_patch_file
@@ -43,10 +44,7 @@ class PatchingParams:
     segmentation: SegmentationParams = field(default_factory=SegmentationParams)
 
     def __post_init__(self) -> None:
-        if self.target_mpp <= 0 or self.patch_size < 1:
-            raise ValueError("target_mpp must be > 0 and patch_size >= 1")
-        if not 0 < self.min_tissue_fraction <= 1:
-            raise ValueError("min_tissue_fraction must be in (0, 1]")
+        check_values(self, PatchSettings)
 
 
 @dataclass

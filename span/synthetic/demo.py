@@ -17,9 +17,12 @@ import numpy as np
 
 from span.atomic import write_text_atomic
 from span.batches import BatchItem, SlideOutcome, SlideStore, key_of, run_batch
+from span.settings.stages import DemoSettings
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic import DEMO_CLASSES, DEMO_LABELS, DEMO_SLIDES
 from span.synthetic.tissue import PATCH_UM, render_tissue
+
+_SEED = DemoSettings().seed
 
 
 def demo_slide_ids(n: int = DEMO_SLIDES) -> list[str]:
@@ -33,7 +36,7 @@ def demo_label(index: int) -> str:
 
 
 def run_demo_batch(
-    slides: Sequence[tuple[str, str]], store: SlideStore, manifest: str | Path, seed: int = 42
+    slides: Sequence[tuple[str, str]], store: SlideStore, manifest: str | Path, seed: int = _SEED
 ) -> list[SlideOutcome]:
     """Render many demo slides (id, label) in one process into `store` (STORE/<id>.tiff),
     reusing the ones already stored for the same label and seed; write the manifest."""
@@ -48,7 +51,7 @@ def run_demo_batch(
     return run_batch([item(*s) for s in slides], store, manifest, (".tiff",))
 
 
-def demo_slide_options(slide_id: str, seed: int = 42) -> dict:
+def demo_slide_options(slide_id: str, seed: int = _SEED) -> dict:
     """Per-slide variation (size, magnification, pen, dust, render seed) from seed and slide id."""
     rng = np.random.default_rng([seed, zlib.crc32(slide_id.encode("utf-8"))])
     mpp = 0.25 if rng.random() < 0.125 else 0.5
@@ -76,7 +79,7 @@ def make_demo_slide(
     path: str | os.PathLike,
     slide_id: str,
     label: str,
-    seed: int = 42,
+    seed: int = _SEED,
 ) -> dict:
     """Render and write one demo slide (3-level pyramidal TIFF); return the options and stats.
     `label` is normal (no tumour), tumor (tumour islands) or a demo class: the tumour as whole
@@ -124,7 +127,7 @@ def demo_sheet(slides_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES) -> st
 
 
 def write_demo_cohort(
-    out_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES, seed: int = 42
+    out_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES, seed: int = _SEED
 ) -> Path:
     """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` plus ``<out_dir>/samples.tsv``."""
     slides_dir = Path(out_dir) / "slides"

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from span.settings.options import check_values
+from span.settings.stages import TrainSettings
+
 
 def dihedral(grid: torch.Tensor, k: int) -> torch.Tensor:
     """The grid (N, 2) turned and mirrored by one of the 8 symmetries of the square (k in 0..7:
@@ -26,19 +29,20 @@ def dihedral(grid: torch.Tensor, k: int) -> torch.Tensor:
     return out - out.min(dim=0).values + corner
 
 
+_DEFAULT = TrainSettings()
+
+
 @dataclass(frozen=True)
 class Augmentation:
-    """Random symmetry, translation and patch dropout, drawn afresh for every training step."""
+    """Random symmetry, translation and patch dropout, drawn afresh for every training step
+    (defaults: `span train`'s)."""
 
-    flips: bool = True  # one of the 8 rotations / reflections of the grid
-    translate: int = 8  # shift the grid by 0 .. translate - 1 cells along each axis
-    patch_drop: float = 0.0  # share of the patches left out
+    flips: bool = _DEFAULT.flips  # one of the 8 rotations / reflections of the grid
+    translate: int = _DEFAULT.translate  # shift the grid by 0 .. translate - 1 cells per axis
+    patch_drop: float = _DEFAULT.patch_drop  # share of the patches left out
 
     def __post_init__(self) -> None:
-        if self.translate < 0:
-            raise ValueError(f"translate must be >= 0 cells, got {self.translate}")
-        if not 0.0 <= self.patch_drop < 1.0:
-            raise ValueError(f"patch_drop must be in [0, 1), got {self.patch_drop}")
+        check_values(self, TrainSettings)
 
     @property
     def active(self) -> bool:

@@ -14,7 +14,7 @@ def _train(args: argparse.Namespace) -> None:
     import torch
 
     from span.training.augment import Augmentation
-    from span.training.run import run_training
+    from span.training.run import TrainingJob, run_training
     from span.training.trainer import TrainConfig
 
     torch.set_num_threads(args.threads)
@@ -26,19 +26,20 @@ def _train(args: argparse.Namespace) -> None:
         args.parser.error(f"--hparams is not JSON: {exc}")
     except ValueError as exc:
         args.parser.error(str(exc))
-    run_training(
-        Path(args.splits),
-        Path(args.features_dir),
-        args.classes,
-        args.model,
-        hparams,
-        args.variant or args.model,
-        config,
-        Path(args.out),
-        args.device,
-        Path(args.add_runtime_of) if args.add_runtime_of else None,
-        args.cache_mb,
+    job = TrainingJob(
+        splits=Path(args.splits),
+        features_dir=Path(args.features_dir),
+        classes=args.classes,
+        model=args.model,
+        out=Path(args.out),
+        config=config,
+        hparams=hparams,
+        variant=args.variant or args.model,
+        device=args.device,
+        cache_mb=args.cache_mb,
+        add_runtime_of=Path(args.add_runtime_of) if args.add_runtime_of else None,
     )
+    run_training(job)
 
 
 def register(stages: argparse._SubParsersAction) -> None:

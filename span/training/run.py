@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -15,16 +15,32 @@ from span.errors import SpanError
 from span.memory import reduce_heap_fragmentation
 from span.models import build_model
 from span.outputs import CHECKPOINT, FEATURE_STATS, METRICS_JSON, TEST_PREDICTIONS_CSV
+from span.run_files import read_run_metrics, write_run_metrics, write_test_predictions
+from span.settings.stages import TrainSettings
 from span.training.bags import Bag, FeatureStats, feature_statistics, inspect_cohort
 from span.training.feeder import BagFeeder
-from span.training.run_files import (
-    read_run_metrics,
-    write_run_metrics,
-    write_test_predictions,
-)
 from span.training.trainer import TrainConfig, predict, seed_everything, train_model
 
 log = logging.getLogger(__name__)
+_DEFAULT = TrainSettings()
+
+
+@dataclass(frozen=True)
+class TrainingJob:
+    """One `span train` run: a model variant and seed (in `config`) on a cohort's splits and
+    features; its outputs go to `out`. `device` and `cache_mb` change speed only."""
+
+    splits: Path
+    features_dir: Path
+    classes: list[str]
+    model: str
+    out: Path
+    config: TrainConfig = field(default_factory=TrainConfig)
+    hparams: dict = field(default_factory=dict)
+    variant: str = ""  # its name in reports; default: the model
+    device: str = _DEFAULT.device
+    cache_mb: float = _DEFAULT.cache_mb
+    add_runtime_of: Path | None = None  # a metrics.json whose runtime is added (MHIM teacher)
 
 
 def split_bags(
@@ -56,27 +72,16 @@ def device_description(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
-def run_training(
-    splits_tsv: Path,
-    features_dir: Path,
-    classes: list[str],
-    model_name: str,
-    hparams: dict,
-    variant: str,
-    config: TrainConfig,
-    out_dir: Path,
-    device: str = "auto",
-    add_runtime_of: Path | None = None,
-    cache_mb: float = 0.0,
-) -> dict:
+def run_training(job: TrainingJob) -> dict:
     """Train, keep the best checkpoint, predict the test set; returns `metrics.json`'s content.
-    Up to `cache_mb` of the cohort's features stay in memory between epochs.
+    Up to `job.cache_mb` of the cohort's features stay in memory between epochs.
 
     Writes checkpoint.pt, feature_stats.pt (identity unless `config.standardize`),
-    history.csv, test_predictions.csv and metrics.json into `out_dir`."""
+    history.csv, test_predictions.csv and metrics.json into `job.out`."""
+    config, classes, out_dir = job.config, job.classes, job.out
     reduce_heap_fragmentation()
     out_dir.mkdir(parents=True, exist_ok=True)
-    sets, split_excluded = split_bags(splits_tsv, features_dir, classes)
+    sets, split_excluded = split_bags(job.splits, job.features_dir, classes)
     cohort = inspect_cohort([b for bags in sets.values() for b in bags])
     gone = {slide for slide, _ in cohort.excluded}
     excluded = split_excluded + cohort.excluded
@@ -84,31 +89,31 @@ def run_training(
         log.warning("%s excluded from training and evaluation: %s", slide, reason)
     sets = {name: [b for b in bags if b.slide_id not in gone] for name, bags in sets.items()}
     if not sets["train"]:
-        raise SpanError(splits_tsv, "no training slide with tissue patches", "check the splits")
+        raise SpanError(job.splits, "no training slide with tissue patches", "check the splits")
     if not sets["val"]:
         log.warning("no validation slides: the last epoch's model is kept")
     seed_everything(config.seed)
     try:
-        model = build_model(model_name, cohort.feature_dim, len(classes), **hparams)
+        model = build_model(job.model, cohort.feature_dim, len(classes), **job.hparams)
     except ValueError as exc:
         raise SpanError(None, str(exc), "fix the variant in the experiments config") from exc
-    dev = resolve_device(device)
+    dev = resolve_device(job.device)
     stats = (
         feature_statistics(sets["train"], cohort.feature_dim)
         if config.standardize
         else FeatureStats.identity(cohort.feature_dim)
     )
     stats.save(out_dir / FEATURE_STATS)
-    feeder = BagFeeder(cohort.feature_dim, dev, stats, cache_mb)
+    feeder = BagFeeder(cohort.feature_dim, dev, stats, job.cache_mb)
     summary = train_model(model, sets["train"], sets["val"], len(classes), config, out_dir, feeder)
     model.load_state_dict(torch.load(out_dir / CHECKPOINT, map_location=dev, weights_only=True))
     probs = predict(model, sets["test"], feeder)
     write_test_predictions(out_dir / TEST_PREDICTIONS_CSV, sets["test"], probs, classes)
     metrics = {
-        "model": model_name,
-        "variant": variant,
+        "model": job.model,
+        "variant": job.variant or job.model,
         "seed": config.seed,
-        "hparams": hparams,
+        "hparams": job.hparams,
         "training": asdict(config),
         "device": device_description(dev),
         "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
@@ -121,8 +126,8 @@ def run_training(
         "software": f"span-wsi {span.__version__}",
         **summary,
     }
-    if add_runtime_of is not None:
-        other = read_run_metrics(add_runtime_of)
+    if job.add_runtime_of is not None:
+        other = read_run_metrics(job.add_runtime_of)
         metrics["runtime_per_epoch_s"] += other["runtime_per_epoch_s"]
         metrics["runtime_note"] = (
             f"includes training its teacher ({other['variant']}, same seed): "

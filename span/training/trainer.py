@@ -1,5 +1,5 @@
 """Training one model variant with one seed: AdamW, early stopping on validation AUC (the
-report's, `span.evaluation.metrics.auc`), the best checkpoint and per-epoch history.
+report's, `span.metrics.auc`), the best checkpoint and per-epoch history.
 
 The loop has no model-specific branch: everything a method needs happens behind the model
 contract (`loss`, `after_step`, `clip_gradients`).
@@ -20,10 +20,12 @@ import torch
 import torch.nn.functional as F
 
 from span.atomic import atomic_output, write_text_atomic
-from span.evaluation.metrics import accuracy, auc
 from span.memory import peak_rss_mb, reset_peak_rss
+from span.metrics import accuracy, auc
 from span.models.base import MILModel
 from span.outputs import CHECKPOINT, HISTORY_CSV
+from span.settings.options import check_values
+from span.settings.stages import TrainSettings
 from span.training.augment import Augmentation
 from span.training.bags import Bag
 from span.training.feeder import BagFeeder
@@ -31,21 +33,27 @@ from span.training.feeder import BagFeeder
 log = logging.getLogger(__name__)
 
 
+_DEFAULT = TrainSettings()
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """The training protocol (the paper's values as defaults)."""
+    """The training protocol (defaults: `span train`'s, declared in span/settings/stages.py)."""
 
-    epochs: int = 50
-    patience: int = 10
-    min_epochs: int = 0  # no early stop before this epoch
-    lr: float = 1e-4
-    weight_decay: float = 5e-5
-    class_weighted: bool = False
-    cosine: bool = False
-    warmup_epochs: float = 0.0  # linear learning-rate warm-up from 0, per step
-    standardize: bool = False  # z-score features with the training slides' statistics
+    epochs: int = _DEFAULT.epochs
+    patience: int = _DEFAULT.patience
+    min_epochs: int = _DEFAULT.min_epochs  # no early stop before this epoch
+    lr: float = _DEFAULT.lr
+    weight_decay: float = _DEFAULT.weight_decay
+    class_weighted: bool = _DEFAULT.class_weighted
+    cosine: bool = _DEFAULT.cosine
+    warmup_epochs: float = _DEFAULT.warmup_epochs  # linear learning-rate warm-up, per step
+    standardize: bool = _DEFAULT.standardize  # z-score with the training slides' statistics
     augment: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_values(self, TrainSettings)
 
     def lr_factor(self, step: int, steps_per_epoch: int) -> float:
         """Multiplier of `lr` at optimiser step `step` (0-based): linear warm-up over

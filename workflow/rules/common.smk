@@ -19,8 +19,10 @@ import yaml
 # Without --use-conda that `python` is the interpreter running Snakemake (its environment has
 # the dependencies), so `.venv/bin/snakemake` works without activating the venv.
 sys.path.insert(0, workflow.basedir)
-_python_path = "" if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method else (
-    f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; '
+_python_path = (
+    ""
+    if DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
+    else (f'export PATH={shlex.quote(os.path.dirname(sys.executable))}:"$PATH"; ')
 )
 shell.prefix(f"export PYTHONPATH={shlex.quote(workflow.basedir)}; {_python_path}")
 
@@ -52,13 +54,16 @@ SAMPLES = {s.slide_id: s for s in _checked(load_sample_sheet, config["samples"],
 try:  # all rows at once: the schema is read once, not once per slide
     validate(pd.DataFrame([vars(s) for s in SAMPLES.values()]), "../schemas/samples.schema.yaml")
 except WorkflowError as exc:
-    raise WorkflowError(f"invalid sample sheet {config['samples']}, {schema_error(str(exc))}") from None
+    raise WorkflowError(
+        f"invalid sample sheet {config['samples']}, {schema_error(str(exc))}"
+    ) from None
 PLAN = _checked(WorkflowPlan.from_config, config, SAMPLES)
 _missing = missing_inputs(SAMPLES.values(), producible=PLAN.cohort.is_demo_slide)
 if _missing:
     raise WorkflowError(
         f"{len(_missing)} input file(s) named in {config['samples']} cannot be read:\n  "
-        + "\n  ".join(_missing) + "\nFix the paths in the sample sheet or drop those rows."
+        + "\n  ".join(_missing)
+        + "\nFix the paths in the sample sheet or drop those rows."
     )
 
 
@@ -69,13 +74,28 @@ def _torch_checks():
     if workflow.exec_mode != ExecMode.DEFAULT:
         return
     feats = config["features"]
-    words = ["--variants", PLAN.model_checks(), "--in-dim", str(feature_width(feats, feats["layer"])),
-             "--n-classes", str(len(config["classes"]))]
+    words = [
+        "--variants",
+        PLAN.model_checks(),
+        "--in-dim",
+        str(feature_width(feats, feats["layer"])),
+        "--n-classes",
+        str(len(config["classes"])),
+    ]
     if workflow.local_exec:
         words += [f"--device={s}.device={config[s]['device']}" for s in ("features", "training")]
     if feats["weights"] not in ("random", "imagenet"):
-        words += ["--encoder", feats["encoder"], "--layer", feats["layer"], "--weights", feats["weights"]]
-    found = subprocess.run([sys.executable, "-m", "span", "check", *words], capture_output=True, text=True)
+        words += [
+            "--encoder",
+            feats["encoder"],
+            "--layer",
+            feats["layer"],
+            "--weights",
+            feats["weights"],
+        ]
+    found = subprocess.run(
+        [sys.executable, "-m", "span", "check", *words], capture_output=True, text=True
+    )
     if found.returncode and "No module named" not in found.stderr:
         line = found.stderr.strip().splitlines()[-1]
         raise WorkflowError(line.partition("ERROR span: ")[2] or found.stderr.strip())
@@ -88,7 +108,9 @@ LAYOUT = PLAN.layout
 EXPERIMENTS, SEEDS, SWEEPS = PLAN.experiments, PLAN.seeds, PLAN.sweeps
 BATCHES = {rule: PLAN.cohort.batches(rule) for rule in ("demo_slides", "patch", "import_features")}
 BATCH_OF = {rule: PLAN.cohort.batch_of(rule) for rule in BATCHES}
-TRAINING_ENV = f"../../envs/{'training-cuda' if config['training_env'] == 'cuda' else 'training'}.yaml"
+TRAINING_ENV = (
+    f"../../envs/{'training-cuda' if config['training_env'] == 'cuda' else 'training'}.yaml"
+)
 
 
 def batch_slides(rule):
@@ -110,7 +132,10 @@ def features_source(w):
     """A slide's features come from its batch's manifest and its patch file, or its import."""
     if SAMPLES[w.slide].needs_patching:
         return {"manifest": manifest_of("extract", w.slide), "source": LAYOUT.patches(w.slide)}
-    return {"manifest": manifest_of("import_features", w.slide), "source": SAMPLES[w.slide].features}
+    return {
+        "manifest": manifest_of("import_features", w.slide),
+        "source": SAMPLES[w.slide].features,
+    }
 
 
 def link_shell(*pairs):
@@ -120,7 +145,7 @@ def link_shell(*pairs):
     steps = [
         f"ln -f {stored} {output} 2>/dev/null || cp {stored} {output} 2>/dev/null || "
         f"{{{{ echo \"link ERROR span: {stored}: not in its batch job's store (deleted?). Fix: "
-        f"delete {{input.manifest}} and run again\"; exit 1; }}}}"
+        f'delete {{input.manifest}} and run again"; exit 1; }}}}'
         for stored, output in pairs
     ]
     return "(" + " && ".join(steps) + ") > {log} 2>&1"

@@ -8,20 +8,20 @@ if config["demo"]["generate"]:
     rule demo_slides:
         output:
             update(LAYOUT.manifest("demo_slides")),
+        log:
+            LAYOUT.log("demo_slides", "{batch}"),
+        benchmark:
+            LAYOUT.benchmark("demo_slides", "{batch}")
+        conda:
+            "../../envs/slides.yaml"
+        resources:
+            mem_mb=1500,
+            runtime=batch_runtime(1, "demo_slides"),
         params:
             ids=batch_slides("demo_slides"),
             labels=lambda w: [SAMPLES[s].label for s in BATCHES["demo_slides"][w.batch]],
             seed=config["demo"]["seed"],
             store=LAYOUT.store("demo"),
-        log:
-            LAYOUT.log("demo_slides", "{batch}"),
-        benchmark:
-            LAYOUT.benchmark("demo_slides", "{batch}")
-        resources:
-            mem_mb=1500,
-            runtime=batch_runtime(1, "demo_slides"),
-        conda:
-            "../../envs/slides.yaml"
         shell:
             "python -m span --log {log} demo-batch --slide-ids {params.ids}"
             " --labels {params.labels} --seed {params.seed} --store {params.store}"
@@ -34,10 +34,10 @@ if config["demo"]["generate"]:
             LAYOUT.demo_slide(),
         log:
             LAYOUT.log("link_demo_slide", "{slide}"),
+        localrule: True
         params:
             label=lambda w: SAMPLES[w.slide].label,
             seed=config["demo"]["seed"],
             stored=f"{LAYOUT.store('demo')}/{{slide}}.tiff",
-        localrule: True
         shell:
             link_shell(("{params.stored:q}", "{output:q}"))

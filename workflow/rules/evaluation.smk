@@ -12,16 +12,43 @@ rule evaluate:
             for name in (FILES.METRICS_JSON, FILES.TEST_PREDICTIONS_CSV)
         ],
     output:
-        update(report(LAYOUT.experiment(name=FILES.REPORT_MD), caption="../report/report.rst",
-                      category="{experiment}", subcategory="Tables",
-                      labels={"file": FILES.REPORT_MD})),
-        table=update(report(LAYOUT.experiment(name=FILES.RESULTS_CSV),
-                            caption="../report/results.rst", category="{experiment}",
-                            subcategory="Tables", labels={"file": FILES.RESULTS_CSV})),
+        update(
+            report(
+                LAYOUT.experiment(name=FILES.REPORT_MD),
+                caption="../report/report.rst",
+                category="{experiment}",
+                subcategory="Tables",
+                labels={"file": FILES.REPORT_MD},
+            )
+        ),
+        table=update(
+            report(
+                LAYOUT.experiment(name=FILES.RESULTS_CSV),
+                caption="../report/results.rst",
+                category="{experiment}",
+                subcategory="Tables",
+                labels={"file": FILES.RESULTS_CSV},
+            )
+        ),
         markdown=update(LAYOUT.experiment(name=FILES.RESULTS_MD)),
-        roc=update(report(LAYOUT.experiment(name=FILES.ROC_PNG), caption="../report/roc.rst",
-                          category="{experiment}", subcategory="Figures",
-                          labels={"file": FILES.ROC_PNG})),
+        roc=update(
+            report(
+                LAYOUT.experiment(name=FILES.ROC_PNG),
+                caption="../report/roc.rst",
+                category="{experiment}",
+                subcategory="Figures",
+                labels={"file": FILES.ROC_PNG},
+            )
+        ),
+    log:
+        LAYOUT.log("evaluate", "{experiment}"),
+    benchmark:
+        LAYOUT.benchmark("evaluate", "{experiment}")
+    conda:
+        "../../envs/training.yaml"
+    resources:
+        mem_mb=2000,
+        runtime=30,
     params:
         runs=lambda w: PLAN.evaluation_runs(w.experiment),
         classes=config["classes"],
@@ -29,15 +56,6 @@ rule evaluate:
         labels=lambda w: PLAN.variant_labels(w.experiment),
         sweep=lambda w: f"--sweep {SWEEPS[w.experiment]}" if w.experiment in SWEEPS else "",
         out=lambda w: LAYOUT.experiment(w.experiment),
-    log:
-        LAYOUT.log("evaluate", "{experiment}"),
-    benchmark:
-        LAYOUT.benchmark("evaluate", "{experiment}")
-    resources:
-        mem_mb=2000,
-        runtime=30,
-    conda:
-        "../../envs/training.yaml"
     shell:
         "python -m span --log {log} evaluate {params.runs} --experiment {wildcards.experiment}"
         " --cohort {params.cohort} --classes {params.classes} --labels {params.labels}"
@@ -48,24 +66,30 @@ rule sweep_plot:
     input:
         LAYOUT.experiment(name=FILES.RESULTS_CSV),
     output:
-        update(report(LAYOUT.experiment(name=FILES.SWEEP_PNG), caption="../report/sweep.rst",
-                      category="{experiment}", subcategory="Figures",
-                      labels={"file": FILES.SWEEP_PNG})),
-    params:
-        parameter=lambda w: SWEEPS[w.experiment],
-        values=lambda w: PLAN.sweep_values(w.experiment),
-        labels=lambda w: PLAN.variant_labels(w.experiment),
-    wildcard_constraints:
-        experiment=one_of(SWEEPS),
+        update(
+            report(
+                LAYOUT.experiment(name=FILES.SWEEP_PNG),
+                caption="../report/sweep.rst",
+                category="{experiment}",
+                subcategory="Figures",
+                labels={"file": FILES.SWEEP_PNG},
+            )
+        ),
     log:
         LAYOUT.log("sweep_plot", "{experiment}"),
     benchmark:
         LAYOUT.benchmark("sweep_plot", "{experiment}")
+    wildcard_constraints:
+        experiment=one_of(SWEEPS),
+    conda:
+        "../../envs/training.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/training.yaml"
+    params:
+        parameter=lambda w: SWEEPS[w.experiment],
+        values=lambda w: PLAN.sweep_values(w.experiment),
+        labels=lambda w: PLAN.variant_labels(w.experiment),
     shell:
         "python -m span --log {log} sweep-plot --results {input} --parameter {params.parameter}"
         " --values {params.values} --labels {params.labels} --out {output}"
@@ -92,6 +116,17 @@ rule predict:
                 labels={"slide": "{slide}"},
             )
         ),
+    log:
+        LAYOUT.log("predict", "{experiment}/{variant}"),
+    benchmark:
+        LAYOUT.benchmark("predict", "{experiment}/{variant}")
+    priority: heatmaps_first
+    conda:
+        TRAINING_ENV
+    resources:
+        mem_mb=8000,
+        runtime=120,
+        span_runtime=PLAN.runtime("train"),
     params:
         sheet=config["samples"],
         classes=config["classes"],
@@ -103,17 +138,6 @@ rule predict:
             f"--heatmaps {output.heatmaps}" if PLAN.draws_heatmaps(w.variant) else ""
         ),
         max_side=config["predict"]["heatmap_max_side"],
-    priority: heatmaps_first
-    log:
-        LAYOUT.log("predict", "{experiment}/{variant}"),
-    benchmark:
-        LAYOUT.benchmark("predict", "{experiment}/{variant}")
-    resources:
-        mem_mb=8000,
-        runtime=120,
-        span_runtime=PLAN.runtime("train"),
-    conda:
-        TRAINING_ENV
     shell:
         "mkdir -p {output.heatmaps} && python -m span --log {log} predict"
         " --samples {params.sheet:q} --classes {params.classes}"

@@ -11,21 +11,21 @@ rule extract:
         patches=lambda w: [LAYOUT.patches(s) for s in BATCHES["patch"][w.batch]],
     output:
         update(LAYOUT.manifest("extract")),
-    params:
-        ids=batch_slides("patch"),
-        store=LAYOUT.store("features"),
-        options=PLAN.extract_options,
-    threads: config["features"]["threads"]
     log:
         LAYOUT.log("extract", "{batch}"),
     benchmark:
         LAYOUT.benchmark("extract", "{batch}")
+    conda:
+        "../../envs/features.yaml"
+    threads: config["features"]["threads"]
     resources:
         mem_mb=8000,
         runtime=batch_runtime(15, "patch"),
         span_runtime=PLAN.runtime("extract"),
-    conda:
-        "../../envs/features.yaml"
+    params:
+        ids=batch_slides("patch"),
+        store=LAYOUT.store("features"),
+        options=PLAN.extract_options,
     shell:
         "python -m span --log {log} extract-batch --slide-ids {params.ids}"
         " --slides {input.slides:q} --patches {input.patches} --store {params.store}"
@@ -37,20 +37,20 @@ rule import_features:
         lambda w: [SAMPLES[s].features for s in BATCHES["import_features"][w.batch]],
     output:
         update(LAYOUT.manifest("import_features")),
-    params:
-        ids=batch_slides("import_features"),
-        store=LAYOUT.store("features"),
-        options=PLAN.import_options,
     log:
         LAYOUT.log("import_features", "{batch}"),
     benchmark:
         LAYOUT.benchmark("import_features", "{batch}")
+    conda:
+        "../../envs/features.yaml"
     resources:
         mem_mb=4000,
         runtime=batch_runtime(1, "import_features"),
         span_runtime=PLAN.runtime("batch"),
-    conda:
-        "../../envs/features.yaml"
+    params:
+        ids=batch_slides("import_features"),
+        store=LAYOUT.store("features"),
+        options=PLAN.import_options,
     shell:
         "python -m span --log {log} import-batch --slide-ids {params.ids} --features {input:q}"
         " --store {params.store} --manifest {output} {params.options} {resources.span_runtime}"
@@ -63,12 +63,12 @@ rule link_features:
         LAYOUT.features(),
     log:
         LAYOUT.log("link_features", "{slide}"),
+    localrule: True
     params:
         options=lambda w: (
             PLAN.extract_options if SAMPLES[w.slide].needs_patching else PLAN.import_options
         ),
         stored=f"{LAYOUT.store('features')}/{{slide}}.h5",
-    localrule: True
     shell:
         link_shell(("{params.stored:q}", "{output:q}"))
 
@@ -78,17 +78,17 @@ rule qc_summary:
         [LAYOUT.features(s) for s in PLAN.cohort.ids],
     output:
         update(LAYOUT.qc_summary),
-    params:
-        max_bad_tile_share=config["features"]["max_bad_tile_share"],
     log:
         LAYOUT.log("qc_summary"),
     benchmark:
         LAYOUT.benchmark("qc_summary")
+    conda:
+        "../../envs/slides.yaml"
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/slides.yaml"
+    params:
+        max_bad_tile_share=config["features"]["max_bad_tile_share"],
     shell:
         "python -m span --log {log} qc-summary --features {input}"
         " --max-bad-tile-share {params.max_bad_tile_share} --out {output}"

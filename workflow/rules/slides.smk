@@ -8,20 +8,20 @@ rule patch:
         slides=lambda w: [SAMPLES[s].path for s in BATCHES["patch"][w.batch]],
     output:
         update(LAYOUT.manifest("patch")),
-    params:
-        ids=batch_slides("patch"),
-        store=LAYOUT.store("patches"),
-        options=PLAN.patch_options,
     log:
         LAYOUT.log("patch", "{batch}"),
     benchmark:
         LAYOUT.benchmark("patch", "{batch}")
+    conda:
+        "../../envs/slides.yaml"
     resources:
         mem_mb=2000,
         runtime=batch_runtime(2, "patch"),
         span_runtime=PLAN.runtime("batch"),
-    conda:
-        "../../envs/slides.yaml"
+    params:
+        ids=batch_slides("patch"),
+        store=LAYOUT.store("patches"),
+        options=PLAN.patch_options,
     shell:
         "python -m span --log {log} patch-batch --slide-ids {params.ids} --slides {input.slides:q}"
         " --store {params.store} --manifest {output} {params.options} {resources.span_runtime}"
@@ -33,14 +33,19 @@ rule link_patches:
         slide=lambda w: SAMPLES[w.slide].path,
     output:
         h5=LAYOUT.patches(),
-        qc=report(LAYOUT.qc_image(), caption="../report/qc.rst", category="Slides",
-                  subcategory="QC thumbnails", labels={"slide": "{slide}"}),
+        qc=report(
+            LAYOUT.qc_image(),
+            caption="../report/qc.rst",
+            category="Slides",
+            subcategory="QC thumbnails",
+            labels={"slide": "{slide}"},
+        ),
     log:
         LAYOUT.log("link_patches", "{slide}"),
+    localrule: True
     params:
         options=PLAN.patch_options,
         h5=f"{LAYOUT.store('patches')}/{{slide}}.h5",
         qc=f"{LAYOUT.store('patches')}/{{slide}}.png",
-    localrule: True
     shell:
         link_shell(("{params.h5:q}", "{output.h5:q}"), ("{params.qc:q}", "{output.qc:q}"))

@@ -8,6 +8,15 @@ rule split:
         features=[LAYOUT.features(s) for s in PLAN.cohort.labelled],
     output:
         update(LAYOUT.splits),
+    log:
+        LAYOUT.log("split"),
+    benchmark:
+        LAYOUT.benchmark("split")
+    conda:
+        "../../envs/training.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
     params:
         # The split depends on the labelled rows' slide_id, patient, label and split and on
         # the excluded slides only: editing paths or other config does not re-split.
@@ -16,15 +25,6 @@ rule split:
         rows=PLAN.split_key,
         classes=config["classes"],
         options=PLAN.split_options,
-    log:
-        LAYOUT.log("split"),
-    benchmark:
-        LAYOUT.benchmark("split")
-    resources:
-        mem_mb=1000,
-        runtime=10,
-    conda:
-        "../../envs/training.yaml"
     shell:
         "python -m span --log {log} split --samples {params.sheet:q} --classes {params.classes}"
         " --features {input.features} --max-bad-tile-share {params.max_bad_tile_share}"
@@ -44,6 +44,18 @@ rule train:
         history=update(LAYOUT.run(name=FILES.HISTORY_CSV)),
         metrics=update(LAYOUT.run(name=FILES.METRICS_JSON)),
         predictions=update(LAYOUT.run(name=FILES.TEST_PREDICTIONS_CSV)),
+    log:
+        LAYOUT.log("train", "{experiment}/{variant}/seed{seed}"),
+    benchmark:
+        LAYOUT.benchmark("train", "{experiment}/{variant}/seed{seed}")
+    priority: heatmaps_first
+    conda:
+        TRAINING_ENV
+    threads: config["training"]["threads"]
+    resources:
+        mem_mb=16000,
+        runtime=720,
+        span_runtime=PLAN.runtime("train"),
     params:
         split_plan=PLAN.split_plan,
         model=lambda w: PLAN.variant(w.experiment, w.variant).model,
@@ -57,18 +69,6 @@ rule train:
         # of its re-run check, and a changed hyperparameter must retrain.
         hparams=lambda w: PLAN.hparams(w.experiment, w.variant, w.seed),
         out=lambda w: LAYOUT.run(w.experiment, w.variant, w.seed),
-    threads: config["training"]["threads"]
-    priority: heatmaps_first
-    log:
-        LAYOUT.log("train", "{experiment}/{variant}/seed{seed}"),
-    benchmark:
-        LAYOUT.benchmark("train", "{experiment}/{variant}/seed{seed}")
-    resources:
-        mem_mb=16000,
-        runtime=720,
-        span_runtime=PLAN.runtime("train"),
-    conda:
-        TRAINING_ENV
     shell:
         "python -m span --log {log} train --splits {input.splits}"
         " --features-dir {params.features_dir} --classes {params.classes}"

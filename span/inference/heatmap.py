@@ -10,6 +10,7 @@ import matplotlib
 import numpy as np
 
 from span.errors import SpanError
+from span.settings.stages import PredictSettings
 from span.slides.reader import open_slide, read_downsampled
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def render_heatmap(
     grid: np.ndarray,
     patch_size0: int,
     scores: np.ndarray,
-    max_side: int = 1200,
+    max_side: int = PredictSettings().heatmap_max_side,
 ) -> np.ndarray:
     """The thumbnail with each patch's cell coloured by its score (rank-normalised, viridis).
 
