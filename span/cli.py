@@ -17,9 +17,13 @@ log = logging.getLogger("span")
 
 
 def _setup_logging(log_file: str | None) -> None:
+    """Everything to `log_file` when given, and then only warnings and errors to stderr (a
+    workflow's console stays readable; the job's log keeps the detail); else all to stderr."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    console = logging.StreamHandler(sys.stderr)
+    handlers: list[logging.Handler] = [console]
     if log_file:
+        console.setLevel(logging.WARNING)
         handlers.append(logging.FileHandler(log_file, mode="w"))
     root = logging.getLogger()
     root.handlers[:] = []

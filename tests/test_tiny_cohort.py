@@ -61,7 +61,21 @@ def tiny_run(tmp_path_factory):
     )
     res = snakemake(tmp_path, "--cores", "2", config=config)
     assert res.returncode == 0, res.stdout[-3000:]
+    (tmp_path / "console.txt").write_text(res.stdout)
     return tmp_path, config, rows
+
+
+def test_the_console_shows_progress_not_every_detail(tiny_run):
+    """The workflow profile keeps the console short: no job's reason to run (on a cohort,
+    lists of thousands of files), no shell command, no INFO line of a job (its log has
+    them); the progress and the warnings stay."""
+    tmp_path, *_ = tiny_run
+    console = (tmp_path / "console.txt").read_text()
+    assert "reason:" not in console and "Shell command" not in console
+    assert " INFO " not in console
+    assert "steps (100%) done" in console and "ENCODER WEIGHTS ARE RANDOM" in console
+    log = (tmp_path / TINY.log("patch", "labelled-1")).read_text()
+    assert " INFO span.batches: s0: made" in log
 
 
 def test_end_to_end_tiny_cohort(tiny_run):
