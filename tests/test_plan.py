@@ -237,3 +237,18 @@ def test_training_words_merge_the_variants_overrides_and_its_teacher():
     assert labels["baseline"] == "Baseline"
     values = json.loads(shlex.split(demo_plan().sweep_values("window_sweep"))[0])
     assert values == {"w6": 6, "w2": 2, "w4": 4, "w8": 8, "w12": 12, "w16": 16}
+
+
+def test_one_name_pattern_for_slides_cohorts_and_variants():
+    """The schemas spell the pattern of a safe file name as the sample sheet's check does (the
+    Snakefile's wildcard is built from it)."""
+    from span.data.samplesheet import SLIDE_ID
+
+    config = yaml.safe_load((REPO / "workflow/schemas/config.schema.yaml").read_text())
+    sheet = yaml.safe_load((REPO / "workflow/schemas/samples.schema.yaml").read_text())
+    variant = config["properties"]["experiments"]["additionalProperties"]["items"]
+    assert {
+        config["properties"]["cohort"]["pattern"],
+        sheet["properties"]["slide_id"]["pattern"],
+        variant["properties"]["name"]["pattern"],
+    } == {SLIDE_ID.pattern}

@@ -29,14 +29,14 @@ import math
 
 import torch
 
-from span.models.abmil import ABMIL
+from span.models import build_model
 from span.models.base import MILModel, ModelOutput
-from span.models.transmil import TransMIL
 
 log = logging.getLogger(__name__)
 
-#: Models MHIM can train as its student, by name.
-STUDENTS: dict[str, type[MILModel]] = {"abmil": ABMIL, "transmil": TransMIL}
+#: The registered models MHIM can train as its student (the reference's: those whose bag
+#: embedding it can compare).
+STUDENTS = ("abmil", "transmil")
 #: ABMIL hyperparameters of the reference's ABMIL (`DAttention`, `--da_act relu`).
 REFERENCE_ABMIL = {"attention_activation": "relu", "attention_bias": False}
 TEACHER_MODES = ("train", "eval")
@@ -147,7 +147,7 @@ class MHIM(MILModel):
         hparams = dict(student_hparams or {})
         if student == "abmil" and reference_attention:
             hparams = {**REFERENCE_ABMIL, **hparams}
-        self.student = STUDENTS[student](in_dim, n_classes, **hparams)
+        self.student = build_model(student, in_dim, n_classes, **hparams)
         self.teacher = copy.deepcopy(self.student)
         if teacher_checkpoint is None:
             log.warning("MHIM without teacher_checkpoint: the teacher starts untrained")

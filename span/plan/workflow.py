@@ -19,11 +19,14 @@ from span.plan.config import check_names, resolve_encoder
 from span.plan.experiments import Variant, model_checks, parse_experiments, sweep_parameter
 from span.settings.options import cli_options, declared
 from span.settings.stages import (
+    DemoSettings,
     EncoderSettings,
+    ExclusionSettings,
     ExtractSettings,
     ImportSettings,
     JobSettings,
     PatchSettings,
+    PredictSettings,
     SplitSettings,
     TrainSettings,
 )
@@ -139,7 +142,19 @@ class WorkflowPlan:
 
     @property
     def split_options(self) -> str:
-        return self.options("splits", SplitSettings)
+        return f"{self.options('splits', SplitSettings)} {self.exclusion_options}"
+
+    @property
+    def exclusion_options(self) -> str:
+        return self.options("features", ExclusionSettings)
+
+    @property
+    def demo_options(self) -> str:
+        return self.options("demo", DemoSettings)
+
+    @property
+    def predict_options(self) -> str:
+        return self.options("predict", PredictSettings)
 
     def train_options(self, experiment: str, variant: str) -> str:
         """`span train`'s options: the training section with the variant's own overrides."""

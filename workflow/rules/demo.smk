@@ -20,11 +20,11 @@ if config["demo"]["generate"]:
         params:
             ids=batch_slides("demo_slides"),
             labels=lambda w: [SAMPLES[s].label for s in BATCHES["demo_slides"][w.batch]],
-            seed=config["demo"]["seed"],
+            options=PLAN.demo_options,
             store=LAYOUT.store("demo"),
         shell:
             "python -m span --log {log} demo-batch --slide-ids {params.ids}"
-            " --labels {params.labels} --seed {params.seed} --store {params.store}"
+            " --labels {params.labels} {params.options} --store {params.store}"
             " --manifest {output}"
 
     rule link_demo_slide:
@@ -37,7 +37,7 @@ if config["demo"]["generate"]:
         localrule: True
         params:
             label=lambda w: SAMPLES[w.slide].label,
-            seed=config["demo"]["seed"],
+            options=PLAN.demo_options,
             stored=f"{LAYOUT.store('demo')}/{{slide}}.tiff",
         shell:
             link_shell(("{params.stored:q}", "{output:q}"))

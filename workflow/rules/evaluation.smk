@@ -137,10 +137,10 @@ rule predict:
         heatmaps=lambda w, output: (
             f"--heatmaps {output.heatmaps}" if PLAN.draws_heatmaps(w.variant) else ""
         ),
-        max_side=config["predict"]["heatmap_max_side"],
+        options=PLAN.predict_options,
     shell:
         "mkdir -p {output.heatmaps} && python -m span --log {log} predict"
         " --samples {params.sheet:q} --classes {params.classes}"
         " --features-dir {params.features_dir} --model {params.model} --hparams {params.hparams}"
         " --runs {params.runs} --out {output.predictions} {params.heatmaps}"
-        " --heatmap-max-side {params.max_side} --qc {input.qc} {resources.span_runtime}"
+        " {params.options} --qc {input.qc} {resources.span_runtime}"

@@ -88,7 +88,6 @@ rule qc_summary:
         mem_mb=1000,
         runtime=10,
     params:
-        max_bad_tile_share=config["features"]["max_bad_tile_share"],
+        options=PLAN.exclusion_options,
     shell:
-        "python -m span --log {log} qc-summary --features {input}"
-        " --max-bad-tile-share {params.max_bad_tile_share} --out {output}"
+        "python -m span --log {log} qc-summary --features {input} {params.options} --out {output}"

@@ -21,14 +21,12 @@ rule split:
         # The split depends on the labelled rows' slide_id, patient, label and split and on
         # the excluded slides only: editing paths or other config does not re-split.
         sheet=config["samples"],
-        max_bad_tile_share=config["features"]["max_bad_tile_share"],
         rows=PLAN.split_key,
         classes=config["classes"],
         options=PLAN.split_options,
     shell:
         "python -m span --log {log} split --samples {params.sheet:q} --classes {params.classes}"
-        " --features {input.features} --max-bad-tile-share {params.max_bad_tile_share}"
-        " {params.options} --out {output}"
+        " --features {input.features} {params.options} --out {output}"
 
 
 rule train:
