@@ -35,10 +35,12 @@ import yaml
 from bench_encoders import patches_per_second
 
 from span.batches import read_manifest
+from span.outputs import Layout
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic.tissue import render_tissue
 
 REPO = Path(__file__).resolve().parents[1]
+LAYOUT = Layout("bench", "resnet18-penultimate")
 GOAL = 0.3  # fixed seconds per slide, batched
 STAGES = {  # stage -> the rules of its jobs (the link_* rules have no benchmark record)
     "patching": ("patch",),
@@ -81,11 +83,15 @@ def config(sheet: Path, per_job: int) -> dict:
     }
 
 
-def job_seconds(results: Path, rules: tuple[str, ...]) -> tuple[int, float]:
+def job_seconds(workdir: Path, rules: tuple[str, ...]) -> tuple[int, float]:
     """Jobs of these rules and their summed wall seconds (benchmark records)."""
-    folder = results / "benchmarks"
     records = [
-        p for rule in rules for p in [*(folder / rule).rglob("*.tsv"), folder / f"{rule}.tsv"]
+        p
+        for rule in rules
+        for p in [
+            *(workdir / Path(LAYOUT.benchmark(rule, "x")).parent).rglob("*.tsv"),
+            workdir / LAYOUT.benchmark(rule),
+        ]
     ]
     records = [p for p in records if p.is_file()]
     seconds = 0.0
@@ -115,11 +121,11 @@ def run_mode(sheet: Path, workdir: Path, per_job: int, cores: int) -> dict:
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(workdir)]
     cmd += ["--cores", str(cores)]
     configfile = ["--configfile", str(workdir / "config.yaml")]  # takes the words after it
-    slides = timed([*cmd, "results/bench/qc/summary.tsv", *configfile], workdir / "slides.log")
+    slides = timed([*cmd, LAYOUT.qc_summary, *configfile], workdir / "slides.log")
     rest = timed([*cmd, *configfile], workdir / "rest.log")
-    results = workdir / "results" / "bench"
-    stages = {stage: job_seconds(results, rules) for stage, rules in STAGES.items()}
-    patching = [o for m in (results / "batches" / "patch").glob("*.tsv") for o in read_manifest(m)]
+    stages = {stage: job_seconds(workdir, rules) for stage, rules in STAGES.items()}
+    manifests = (workdir / Path(LAYOUT.manifest("patch")).parent).glob("*.tsv")
+    patching = [o for m in manifests for o in read_manifest(m)]
     patches = sum(int(o.detail.split()[0]) for o in patching if o.status == "made")
     links = (workdir / "slides.log").read_text().count("localrule link_")
     return {

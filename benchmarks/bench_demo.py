@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from bench_encoders import patches_per_second
 
+from span import outputs as files
 from span.evaluation.results_files import read_results
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,10 +134,10 @@ def main() -> None:
     print(f"{'workflow (make demo)':32s} {workflow / 60:6.1f} min")
     total = install + workflow
     print(f"{'total':32s} {total / 60:6.1f} min = {int(total // 60)} min {total % 60:.0f} s")
-    main_results = clone / "results" / "demo" / "main"
-    print(main_table(main_results / "report.md"))
+    demo = files.Layout("demo", "resnet18-penultimate")
+    print(main_table(clone / demo.experiment("main", files.REPORT_MD)))
     print("test AUC per seed:")
-    print(auc_per_seed(main_results / "results_per_seed.csv"))
+    print(auc_per_seed(clone / demo.experiment("main", files.RESULTS_PER_SEED_CSV)))
     if not args.keep:
         shutil.rmtree(workdir)
 
