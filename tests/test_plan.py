@@ -252,3 +252,10 @@ def test_one_name_pattern_for_slides_cohorts_and_variants():
         sheet["properties"]["slide_id"]["pattern"],
         variant["properties"]["name"]["pattern"],
     } == {SLIDE_ID.pattern}
+
+
+def test_the_longest_training_models_start_first():
+    plan = demo_plan()  # heatmaps for span
+    priority = {v: plan.priority("main", v) for v in plan.experiments["main"]}
+    assert priority["transmil"] > priority["span"] > priority["abmil"] == priority["dtfd"]
+    assert plan.priority("ablation", "baseline") < priority["span"]  # no heatmaps

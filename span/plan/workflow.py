@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from span import outputs as files
 from span.data.samplesheet import Sample
+from span.models.registry import MODELS
 from span.outputs import Layout
 from span.plan.cohort import Cohort, split_key, split_plan
 from span.plan.config import check_names, resolve_encoder
@@ -110,6 +111,13 @@ class WorkflowPlan:
 
     def draws_heatmaps(self, variant: str) -> bool:
         return variant in self.config["predict"]["heatmaps"]
+
+    def priority(self, experiment: str, variant: str) -> int:
+        """Priority of a variant's training and prediction jobs: the longest-training models
+        first, so that the short ones fill the cores at the end (the registry's costs), and a
+        variant with heatmaps before others of its cost (its prediction job is the longest)."""
+        cost = MODELS[self.variant(experiment, variant).model].cost
+        return 2 * cost + self.draws_heatmaps(variant)
 
     # --- command-line words of the jobs (each flag from its settings class: cli_options)
 

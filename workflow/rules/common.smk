@@ -156,10 +156,9 @@ def one_of(names):
     return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
-def heatmaps_first(w):
-    """Job priority: variants with heatmaps train, then predict, before the others, so that
-    their prediction job, the longest, runs beside the other trainings, not alone at the end."""
-    return int(PLAN.draws_heatmaps(w.variant))
+def priority(w):
+    """Job priority of a variant's training and prediction (`WorkflowPlan.priority`)."""
+    return PLAN.priority(w.experiment, w.variant)
 
 
 wildcard_constraints:

@@ -120,7 +120,7 @@ rule predict:
         LAYOUT.log("predict", "{experiment}/{variant}"),
     benchmark:
         LAYOUT.benchmark("predict", "{experiment}/{variant}")
-    priority: heatmaps_first
+    priority: priority
     conda:
         TRAINING_ENV
     resources:

@@ -46,7 +46,7 @@ rule train:
         LAYOUT.log("train", "{experiment}/{variant}/seed{seed}"),
     benchmark:
         LAYOUT.benchmark("train", "{experiment}/{variant}/seed{seed}")
-    priority: heatmaps_first
+    priority: priority
     conda:
         TRAINING_ENV
     threads: config["training"]["threads"]
