@@ -35,15 +35,16 @@ def _invalid(where: str, problem: str, fix: str) -> SpanError:
     return SpanError(None, f"invalid config, {where}: {problem}", fix)
 
 
-def _training_overrides(where: str, overrides: Mapping) -> dict:
-    """A variant's `training:` overrides, each a result-changing option of `span train` whose
-    value has the option's type and bounds."""
+def training_overrides(where: str, overrides: Mapping) -> dict:
+    """Training overrides (a variant's `training:`, or a benchmark's options), each a
+    result-changing option of `span train` whose value has the option's type and bounds;
+    `where` names the mapping in errors."""
     options = {d.name: d for d in declared(TrainSettings) if not d.option.speed_only}
     for key, value in overrides.items():
         d = options.get(key)
         if d is None:
             raise _invalid(
-                f"{where}.training",
+                where,
                 f"no option {key}",
                 f"a variant may set {', '.join(sorted(options))} (see config/README.md)",
             )
@@ -53,9 +54,9 @@ def _training_overrides(where: str, overrides: Mapping) -> dict:
             typed = True
         if not typed:
             names = " or ".join(k.__name__ for k in kinds)
-            raise _invalid(f"{where}.training.{key}", f"{value!r} is not {names}", "fix the value")
+            raise _invalid(f"{where}.{key}", f"{value!r} is not {names}", "fix the value")
         if problem := d.problem(value):
-            raise _invalid(f"{where}.training.{key}", problem, "fix the value")
+            raise _invalid(f"{where}.{key}", problem, "fix the value")
     return dict(overrides)
 
 
@@ -79,7 +80,7 @@ def parse_experiment(name: str, entries: Sequence[Mapping]) -> dict[str, Variant
             model=model,
             label=entry.get("label") or "",
             hparams=dict(hparams),
-            training=_training_overrides(where, entry.get("training") or {}),
+            training=training_overrides(f"{where}.training", entry.get("training") or {}),
             teacher=entry.get("teacher"),
         )
     for v in variants.values():
