@@ -7,10 +7,18 @@ import csv
 import numpy as np
 import pytest
 from scipy.ndimage import label as connected_components
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 from span.features.feature_file import read_feature_file
 from span.synthetic import TASK_NAMES
-from span.synthetic.feature_cohort import CohortSpec, FeatureModel, write_cohort
+from span.synthetic.feature_cohort import (
+    CERTAIN_SEPARATION,
+    CohortSpec,
+    FeatureModel,
+    write_cohort,
+)
 from span.synthetic.layouts import BACKGROUND, OTHER, RARE, TASKS, draw_layout
 
 
@@ -113,15 +121,51 @@ def test_cohort_files_round_trip_and_repeat(tmp_path):
         )
 
 
-def test_types_are_separated_as_specified():
-    """Type means are `separation` x the noise norm apart; the noise is full rank."""
-    spec = CohortSpec("clumped", slides=2, feature_dim=64, separation=0.5)
+def probe_accuracy(model: FeatureModel, a: int, b: int, slides: int = 600) -> float:
+    """Held-out accuracy of a logistic regression telling type a from b, fitted on the patches
+    of the first two thirds of `slides` slides (10 patches each, either type), scored on the
+    rest: every slide has its own offset, as in a cohort."""
+    rng = np.random.default_rng(2)
+    types = rng.choice([a, b], size=(slides, 10))
+    x = np.concatenate([model.features(t, rng) for t in types])
+    y = types.ravel() == a
+    cut = len(x) * 2 // 3
+    probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(probe.fit(x[:cut], y[:cut]).score(x[cut:], y[cut:]))
+
+
+@pytest.mark.parametrize("target", [0.8, 0.9])
+def test_patch_accuracy_is_what_a_linear_probe_reaches(target):
+    """Every pair of types is told apart with the spec's accuracy by the best rule (computed)
+    and, within a few points, by a linear probe fitted on patches of many slides."""
+    spec = CohortSpec("interface", slides=2, feature_dim=64, patch_accuracy=target)
+    model = FeatureModel(spec, np.random.default_rng(0))
+    for a, b in ((RARE, BACKGROUND), (RARE, OTHER), (OTHER, BACKGROUND)):
+        assert model.accuracy(a, b) == pytest.approx(target, abs=1e-9)
+    assert probe_accuracy(model, RARE, BACKGROUND) == pytest.approx(target, abs=0.03)
+    assert probe_accuracy(model, RARE, OTHER) == pytest.approx(target, abs=0.03)
+
+
+def test_certain_types_keep_the_first_cohorts_means():
+    """Certain (the default): type means CERTAIN_SEPARATION x the noise norm apart, as the first
+    cohorts had, so that from 256-d up a linear probe tells every patch's type (at 64-d the
+    best rule tells rare from background with accuracy 0.997); the noise is full rank."""
+    spec = CohortSpec("clumped", slides=2, feature_dim=256)
+    assert spec.patch_accuracy is None
     model = FeatureModel(spec, np.random.default_rng(0))
     noise = model.features(np.zeros(4000, np.int8), np.random.default_rng(1))
     noise = noise - noise.mean(0)
     norm = np.sqrt((noise**2).sum(1).mean())
     distance = np.linalg.norm(model.means[RARE] - model.means[BACKGROUND])
-    assert distance / norm == pytest.approx(0.5, rel=0.05)
+    assert distance / norm == pytest.approx(CERTAIN_SEPARATION, rel=0.05)
+    assert model.accuracy(RARE, BACKGROUND) > 0.9999
+    assert probe_accuracy(model, RARE, BACKGROUND) >= 0.999
     eigenvalues = np.linalg.eigvalsh(np.cov(noise.T))
     assert eigenvalues.min() > 0.002 * eigenvalues.mean()  # every direction varies
     assert eigenvalues.max() > 5 * eigenvalues.mean()  # a few strong directions, like ResNet's
+
+
+@pytest.mark.parametrize("accuracy", [0.5, 1.0, 1.2])
+def test_patch_accuracy_out_of_range_is_refused(accuracy):
+    with pytest.raises(ValueError, match=r"between 0\.5 and 1"):
+        CohortSpec("clumped", slides=2, patch_accuracy=accuracy)

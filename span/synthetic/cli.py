@@ -10,7 +10,7 @@ import logging
 from span.batches import SlideStore, add_batch_arguments, batch_rows
 from span.settings.options import add_options
 from span.settings.stages import DemoSettings
-from span.synthetic import DEMO_LABELS, DEMO_SLIDES, TASK_NAMES
+from span.synthetic import DEMO_LABELS, DEMO_SLIDES, TASK_NAMES, patch_level
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +58,9 @@ def _spatial_cohort(args: argparse.Namespace) -> None:
         args.slides,
         args.dim,
         args.seed,
-        args.separation,
-        args.spectrum_decay,
-        args.slide_effect,
+        patch_accuracy=args.patch_accuracy,
+        spectrum_decay=args.spectrum_decay,
+        slide_effect=args.slide_effect,
     )
     sheet = write_cohort(spec, args.out)
     log.info("%d slides of task %s (%s): sample sheet %s", args.slides, args.task, spec, sheet)
@@ -112,10 +112,11 @@ def register(stages: argparse._SubParsersAction) -> None:
     p.add_argument("--dim", type=int, default=1024, help="feature width (default 1024)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
-        "--separation",
-        type=float,
-        default=0.5,
-        help="distance between patch types' mean features / the norm of a patch's noise",
+        "--patch-accuracy",
+        type=patch_level,
+        default=None,
+        help="accuracy of the best rule telling two patch types apart from one patch's "
+        "features, between 0.5 and 1, or certain (the default)",
     )
     p.add_argument(
         "--spectrum-decay", type=float, default=1.0, help="noise eigenvalue k ~ k^-decay"

@@ -2,10 +2,11 @@
 
 Each patch's feature is its type's mean plus full-rank noise with a power-law spectrum (as
 ResNet50 features have: a few strong directions, every direction some variance), plus a
-per-slide offset drawn from the same spectrum (stain and scanner effects). Types are
-`separation` noise standard deviations apart along random directions, so a single patch's
-type is recognisable but not certain. Both classes share every distribution but the
-arrangement (`span.synthetic.layouts`).
+per-slide offset drawn from the same spectrum (stain and scanner effects). How far apart the
+type means lie is set by the accuracy it allows on one patch (`CohortSpec.patch_accuracy`),
+so a patch's type is as uncertain as asked; `None` ("certain") keeps the first cohorts'
+means, whose types a linear rule tells apart without error at the benchmark's widths (1024-d
+and up). Both classes share every distribution but the arrangement (`span.synthetic.layouts`).
 """
 
 from __future__ import annotations
@@ -16,13 +17,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.stats import norm
 
 from span.atomic import atomic_output, write_text_atomic
 from span.features.feature_file import FeatureSet, write_feature_file
+from span.synthetic import check_patch_accuracy
 from span.synthetic.layouts import TASKS, Layout, draw_layout
 
 #: Level-0 pixels per grid cell written into the files (224 px at 0.5 um/px, 20x).
 PATCH_SIZE_LEVEL0 = 224
+#: Distance between type means, in units of sqrt(d) (about the patch noise's norm), at the
+#: "certain" level: the first cohorts, whose benchmark tables docs/benchmarks.md keeps.
+CERTAIN_SEPARATION = 0.5
 
 
 @dataclass(frozen=True)
@@ -33,17 +39,33 @@ class CohortSpec:
     slides: int
     feature_dim: int = 1024
     seed: int = 0
-    separation: float = 0.5  # distance between type means / the norm of the patch noise
+    patch_accuracy: float | None = None  # one patch's type, told by the best rule; None: certain
     spectrum_decay: float = 1.0  # eigenvalue k of the noise covariance ~ k^-decay
     slide_effect: float = 0.3  # per-slide offset, relative to the patch noise
+
+    def __post_init__(self) -> None:
+        check_patch_accuracy(self.patch_accuracy)
 
     @property
     def classes(self) -> tuple[str, str]:
         return TASKS[self.task].classes
 
 
+def _unit_simplex(n: int) -> np.ndarray:
+    """(n, n - 1) vertices of a regular simplex with unit edges, the first at the origin: every
+    vertex after it has norm 1 and dot product 1/2 with each other one."""
+    gram = 0.5 * (np.ones((n - 1, n - 1)) + np.eye(n - 1))
+    return np.vstack([np.zeros(n - 1), np.linalg.cholesky(gram)])
+
+
 class FeatureModel:
-    """Type means and the noise covariance's square root of one cohort."""
+    """Type means and the noise covariance's square root of one cohort.
+
+    Patch accuracy is the Bayes accuracy of telling two types apart from one patch's features,
+    both equally likely: Phi(Delta / 2), Delta the Mahalanobis distance between their means
+    under a patch's covariance across slides (its noise and its slide's offset). Every pair of
+    types lies at the same Delta. Within one slide, its offset known, the accuracy is a little
+    higher (Delta grows by sqrt(1 + slide_effect^2): 1.04 at 0.3)."""
 
     def __init__(self, spec: CohortSpec, rng: np.random.Generator, n_types: int = 3) -> None:
         d = spec.feature_dim
@@ -51,11 +73,31 @@ class FeatureModel:
         spectrum = np.arange(1, d + 1, dtype=float) ** -spec.spectrum_decay
         spectrum *= d / spectrum.sum()  # mean eigenvalue 1: a random direction has variance ~1
         self.root = (basis * np.sqrt(spectrum)).T  # noise = z @ root, z ~ N(0, I)
+        self.slide_effect = spec.slide_effect
         directions, _ = np.linalg.qr(rng.standard_normal((d, n_types - 1)))
         offset = 0.5 * rng.standard_normal(d)
-        distance = spec.separation * np.sqrt(d)  # the noise's norm is ~sqrt(d)
-        self.means = np.vstack([offset, offset + distance * directions.T])
-        self.slide_effect = spec.slide_effect
+        steps = self._steps(directions.T, spec.patch_accuracy)
+        self.means = offset + np.vstack([np.zeros(d), steps])
+
+    @property
+    def patch_root(self) -> np.ndarray:
+        """Square root of one patch's covariance across slides: its noise plus its slide's."""
+        return np.sqrt(1 + self.slide_effect**2) * self.root
+
+    def _steps(self, directions: np.ndarray, accuracy: float | None) -> np.ndarray:
+        """Each type's mean minus the first's, (n_types - 1, d), from orthonormal rows
+        `directions`: a regular simplex of edge Delta in whitened space for `accuracy`, else the
+        first cohorts' means, CERTAIN_SEPARATION x sqrt(d) apart along the directions."""
+        if accuracy is None:
+            return CERTAIN_SEPARATION * np.sqrt(len(self.root)) * directions
+        delta = 2 * norm.ppf(accuracy)
+        return delta * _unit_simplex(len(directions) + 1)[1:] @ directions @ self.patch_root
+
+    def accuracy(self, a: int, b: int) -> float:
+        """Bayes accuracy of telling type `a` from type `b` by one patch's features (equal
+        priors), computed from the means and the covariance."""
+        whitened = np.linalg.solve(self.patch_root.T, self.means[a] - self.means[b])
+        return float(norm.cdf(np.linalg.norm(whitened) / 2))
 
     def features(self, types: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """(N, d) float32 features of one slide whose patches have `types`."""
