@@ -72,7 +72,12 @@ class Layout:
 
     @property
     def splits(self) -> str:
+        """The one split of every training seed (splits.protocol fixed)."""
         return f"{self.root}/splits.tsv"
+
+    def seed_splits(self, seed: int | str = "{seed}") -> str:
+        """A training seed's own split (splits.protocol per_seed)."""
+        return f"{self.root}/splits/seed{seed}.tsv"
 
     def store(self, stage: str) -> str:
         """The hidden store of a stage's batch jobs: `demo`, `patches` or `features`."""

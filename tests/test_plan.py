@@ -16,7 +16,7 @@ from span import outputs as files
 from span.data.samplesheet import Sample
 from span.errors import SpanError
 from span.outputs import Layout
-from span.plan.cohort import Cohort, split_plan
+from span.plan.cohort import Cohort, split_key, split_plan
 from span.plan.config import check_names, resolve_encoder
 from span.plan.experiments import model_checks, parse_experiment, sweep_parameter
 from span.plan.workflow import WorkflowPlan
@@ -158,16 +158,18 @@ def test_cohort_sets_and_batches():
 
 def test_split_plan_changes_with_what_the_split_reads_only():
     base = samples(("a", "t"), ("b", "n"), ("c", ""))
-    plan = split_plan(base, ["n", "t"], {"seed": 42}, 0.05)
+    fixed = {"protocol": "fixed", "seed": 42}
+    plan = split_plan(base, ["n", "t"], fixed, 0.05)
     unlabelled_added = {**base, **samples(("z", ""))}
     moved = {**base, "a": Sample("a", "/elsewhere/a.svs", "t")}
-    assert split_plan(unlabelled_added, ["n", "t"], {"seed": 42}, 0.05) == plan
-    assert split_plan(moved, ["n", "t"], {"seed": 42}, 0.05) == plan
+    assert split_plan(unlabelled_added, ["n", "t"], fixed, 0.05) == plan
+    assert split_plan(moved, ["n", "t"], fixed, 0.05) == plan
     for other in (
-        split_plan({**base, **samples(("z", "t"))}, ["n", "t"], {"seed": 42}, 0.05),
-        split_plan(base, ["n", "t"], {"seed": 7}, 0.05),
-        split_plan(base, ["n", "t"], {"seed": 42}, 0.1),
-        split_plan(base, ["t", "n"], {"seed": 42}, 0.05),
+        split_plan({**base, **samples(("z", "t"))}, ["n", "t"], fixed, 0.05),
+        split_plan(base, ["n", "t"], {**fixed, "seed": 7}, 0.05),
+        split_plan(base, ["n", "t"], fixed, 0.1),
+        split_plan(base, ["t", "n"], fixed, 0.05),
+        split_plan(base, ["n", "t"], {**fixed, "protocol": "per_seed"}, 0.05),
     ):
         assert other != plan
 
@@ -178,6 +180,37 @@ def test_layout_spells_every_path_once():
     assert lay.patches() == "results/c/patches/{slide}.h5"
     assert lay.features("s") == "results/c/features/resnet50-layer3/s.h5"
     assert lay.store("features") == "results/c/features/resnet50-layer3/.store"
+def test_the_per_seed_protocol_ignores_the_sheets_split_column_in_its_key():
+    """per_seed pools the official splits: editing them re-splits nothing; under fixed they win,
+    so editing them re-splits; the protocol itself is part of the key."""
+    base = samples(("a", "t"), ("b", "n"))
+    official = {**base, "a": Sample("a", "/data/a.svs", "t", split="test")}
+    assert split_key(base, "fixed") != split_key(official, "fixed")
+    assert split_key(base, "per_seed") == split_key(official, "per_seed")
+    assert split_key(base, "fixed") != split_key(base, "per_seed")
+    per_seed = {"protocol": "per_seed", "seed": 42}
+    assert split_plan(base, ["n", "t"], per_seed, 0.05) == split_plan(
+        official, ["n", "t"], per_seed, 0.05
+    )
+
+
+def test_each_training_seed_reads_its_own_split_under_per_seed():
+    fixed = demo_plan()
+    assert fixed.splits_file(3) == "results/demo/splits.tsv"
+    assert "--protocol fixed" in fixed.split_options and fixed.evaluate_options == (
+        "--protocol fixed"
+    )
+    per_seed = demo_plan(splits={**CONFIG["splits"], "protocol": "per_seed"})
+    assert per_seed.splits_file(3) == "results/demo/splits/seed3.tsv"
+    assert per_seed.splits_file("{seed}") == per_seed.layout.seed_splits()
+    words = shlex.split(per_seed.seed_split_options(3))
+    assert words[words.index("--protocol") + 1] == "per_seed"
+    assert words[words.index("--training-seed") + 1] == "3"
+    assert "--test-fraction" not in words  # null: the protocol's 70/15/15
+    assert per_seed.evaluate_options == "--protocol per_seed"
+    assert per_seed.split_plan != fixed.split_plan
+
+
     assert lay.manifest("extract", "labelled-1") == (
         "results/c/features/resnet50-layer3/batches/extract/labelled-1.tsv"
     )
@@ -195,6 +228,8 @@ def demo_plan(**changes) -> WorkflowPlan:
     config = copy.deepcopy(CONFIG)
     for key, value in changes.items():
         config[key] = value
+    assert lay.splits == "results/c/splits.tsv"
+    assert lay.seed_splits(2) == "results/c/splits/seed2.tsv"
     sheet = {
         f"demo_{i:02d}": Sample(
             f"demo_{i:02d}", f"resources/demo/slides/demo_{i:02d}.tiff", "clumped"

@@ -19,14 +19,21 @@ QUALITY = {"abmil": 1.0, "mhim": 0.6, "span": 1.6}
 
 
 def _write_run(
-    seed_dir: Path, variant: str, seed: int, y: np.ndarray, classes: list[str], weights: str
+    seed_dir: Path,
+    variant: str,
+    seed: int,
+    y: np.ndarray,
+    classes: list[str],
+    weights: str,
+    first: int = 0,
 ) -> None:
+    """One seed's run files; its test slides are s<first>, s<first + 1>, ..."""
     rng = np.random.default_rng([list(QUALITY).index(variant), seed])
     logits = rng.normal(size=(len(y), len(classes))) + QUALITY[variant] * np.eye(len(classes))[y]
     probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
     seed_dir.mkdir(parents=True)
     df = pd.DataFrame(
-        {"slide_id": [f"s{i:03d}" for i in range(len(y))], "label": np.array(classes)[y]}
+        {"slide_id": [f"s{first + i:03d}" for i in range(len(y))], "label": np.array(classes)[y]}
     )
     for k, c in enumerate(classes):
         df[f"prob_{c}"] = probs[:, k]
@@ -118,6 +125,70 @@ def test_report_binary_and_multiclass(tmp_path: Path, classes: list[str]) -> Non
     per_seed = pd.read_csv(out["results_per_seed_csv"])
     assert len(per_seed) == 9
     assert not list((tmp_path / "report").glob(".*tmp*"))
+
+
+def _per_seed_experiment(tmp: Path, classes: list[str]) -> dict[str, list[Path]]:
+    """Every seed tested on its own slides (splits.protocol per_seed): seed k on 40 + k slides
+    from s<20k> on, the same for every variant."""
+    for seed in range(3):
+        y = np.random.default_rng([len(classes), seed]).integers(0, len(classes), 40 + seed)
+        for variant in QUALITY:
+            seed_dir = tmp / "exp" / variant / f"seed{seed}"
+            _write_run(seed_dir, variant, seed, y, classes, "imagenet", first=20 * seed)
+    return discover_variants(tmp / "exp")
+
+
+@pytest.mark.parametrize("classes", [["normal", "tumor"], ["Negative", "Atypical", "Positive"]])
+def test_per_seed_test_sets_pair_by_seed_and_give_delong_per_seed(tmp_path, classes) -> None:
+    """Under per_seed the t-tests still pair seeds; seed averages, their CIs and DeLong on them
+    are n/a with the reason, DeLong is per seed against the reference's same seed, and the
+    report says which protocol made the splits."""
+    variants = _per_seed_experiment(tmp_path, classes)
+    with pytest.raises(SpanError, match="slides differ"):  # fixed: one shared test set
+        write_report(tmp_path / "r", "e", variants, "span", classes, n_bootstrap=20)
+    out = write_report(
+        tmp_path / "r", "e", variants, "span", classes, n_bootstrap=20, protocol="per_seed"
+    )
+    df = pd.read_csv(out["results_csv"]).set_index("variant")
+    delong = ["p_delong"] if len(classes) == 2 else [f"p_delong_{c}" for c in classes]
+    for variant in ("abmil", "mhim"):
+        row = df.loc[variant]
+        assert 0 <= row["p_ttest_accuracy"] <= 1 and 0 <= row["p_ttest_auc"] <= 1
+        assert all(math.isnan(row[c]) for c in ["seed_avg_auc", "auc_ci_low", *delong])
+        assert "each seed has its own test set" in row["notes"]
+        assert row["n_slides"] == 20 * 2 + 42  # s000..s081
+    per_seed = pd.read_csv(out["results_per_seed_csv"])
+    for _, row in per_seed.iterrows():
+        for col in delong:
+            assert math.isnan(row[col]) == (row["variant"] == "span"), (row["variant"], col)
+            assert math.isnan(row[col]) or 0 <= row[col] <= 1
+    report = out["report_md"].read_text()
+    assert "- Splits: `per_seed`" in report and "40-42 test slides per seed, 82 distinct" in report
+    assert "Not computed: each seed has its own test set" in report
+    appendix = report[report.index("## Appendix") :]
+    assert ("| DeLong p |" if len(classes) == 2 else f"| DeLong p ({classes[0]}) |") in appendix
+    assert "DeLong's test of each seed's own test set in results_per_seed.csv" in report
+    assert imread(out["roc_png"]).shape[0] > 100
+
+
+def test_per_seed_runs_must_match_the_references_same_seed(tmp_path) -> None:
+    variants = _per_seed_experiment(tmp_path, ["a", "b"])
+    bad = variants["mhim"][2] / "test_predictions.csv"
+    bad.write_text(bad.read_text().replace("s040,", "s999,"))
+    with pytest.raises(SpanError, match="slides differ") as err:
+        write_report(tmp_path / "r", "e", variants, "span", ["a", "b"], protocol="per_seed")
+    assert "span/seed2" in str(err.value)
+
+
+def test_the_fixed_report_names_its_protocol(tmp_path: Path) -> None:
+    out = write_report(
+        tmp_path / "r", "e", _experiment(tmp_path, ["a", "b"]), "span", ["a", "b"], n_bootstrap=20
+    )
+    report = out["report_md"].read_text()
+    assert "- Classes: a, b; 60 test slides" in report
+    assert "- Splits: `fixed`, one split for every seed" in report
+    assert "DeLong's test against the reference on the same slides" in report
+    assert "p_delong" not in pd.read_csv(out["results_per_seed_csv"]).columns
 
 
 def test_no_warning_with_pretrained_weights(tmp_path: Path) -> None:

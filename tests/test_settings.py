@@ -49,8 +49,11 @@ JSON_TYPES = {
 BOUNDS = {"ge": "minimum", "gt": "exclusiveMinimum", "le": "maximum", "lt": "exclusiveMaximum"}
 
 # Each command with the settings classes whose flags it takes (predict: only the training
-# section's device and cache), and the arguments it requires.
-ONLY = {("predict", TrainSettings): {"device", "cache_mb"}}
+# section's device and cache; evaluate: only the split protocol), and the arguments it requires.
+ONLY = {
+    ("predict", TrainSettings): {"device", "cache_mb"},
+    ("evaluate", SplitSettings): {"protocol"},
+}
 BATCH = "--slide-ids s --store d --manifest m"
 COMMANDS = {
     "demo-slide": ([DemoSettings], "--slide-id s --label tumor --out o"),
@@ -71,6 +74,7 @@ COMMANDS = {
         [PredictSettings, TrainSettings],
         "--samples s --classes a b --features-dir f --model m --runs r --out o",
     ),
+    "evaluate": ([SplitSettings], "--run v d --experiment e --classes a b --out o"),
 }
 
 
@@ -280,6 +284,7 @@ def test_config_values_reach_the_command_as_flags_it_parses(command, flip):
         ("extract", "--num-workers many", "expected 'auto' or int"),
         ("train", "--device gpu", "'gpu' is not valid; use auto (CUDA when present)"),
         ("split", "--test-fraction 1", "1.0 is not < 1"),
+        ("split", "--protocol random", "invalid choice"),
         ("extract", "--dtype float64", "invalid choice"),
     ],
 )

@@ -12,6 +12,7 @@ from span.data.samplesheet import Sample
 from span.data.splits import (
     SplitRow,
     _patient_labels,
+    draw_seed,
     make_splits,
     read_splits,
     write_splits,
@@ -257,3 +258,98 @@ def test_read_splits_errors(tmp_path) -> None:
     )
     with pytest.raises(SpanError, match="duplicate slide_id 'S1'"):
         read_splits(bad)
+
+
+# --- splits.protocol per_seed: the SPAN authors' protocol, one split per training seed
+
+
+def _per_seed(sheet: list[Sample], training_seed: int, **options) -> list[SplitRow]:
+    rows, _ = make_splits(
+        sheet, CLASSES, protocol="per_seed", training_seed=training_seed, **options
+    )
+    return rows
+
+
+def _patients_by_split(rows: list[SplitRow]) -> dict[str, set[str]]:
+    sets = defaultdict(set)
+    for r in rows:
+        sets[r.split].add(r.patient or r.slide_id)
+    return sets
+
+
+def test_per_seed_defaults_to_the_authors_70_15_15() -> None:
+    rows = _per_seed(_sheet(100, per_patient=0), 0)
+    assert Counter(r.split for r in rows) == {"train": 70, "val": 15, "test": 15}
+    rows = _per_seed(_sheet(100, per_patient=0), 0, test_fraction=0.2, val_fraction=0.25)
+    assert Counter(r.split for r in rows) == {"train": 60, "val": 20, "test": 20}
+
+
+def test_per_seed_splits_are_stratified_patient_level_and_disjoint() -> None:
+    sheet = _sheet(300, per_patient=2, tumor_every=3)  # 150 patients, 50 tumour
+    for training_seed in range(3):
+        rows = _per_seed(sheet, training_seed)
+        assert sorted(r.slide_id for r in rows) == sorted(s.slide_id for s in sheet)
+        per_patient = defaultdict(set)
+        for r in rows:
+            per_patient[r.patient].add(r.split)
+        assert all(len(sets) == 1 for sets in per_patient.values())
+        patients = _patients_by_split(rows)
+        assert {len(p) for p in patients.values()} <= {105, 22, 23}  # 70/15/15 of 150
+        assert sum(len(p) for p in patients.values()) == 150
+        for name, ids in patients.items():
+            tumour = sum(int(p[1:]) % 3 == 0 for p in ids)
+            assert abs(tumour - len(ids) / 3) <= 1, (training_seed, name, tumour, len(ids))
+
+
+def test_per_seed_splits_are_deterministic_and_differ_across_seeds() -> None:
+    sheet = _sheet(60, per_patient=2)
+    first = _per_seed(sheet, 0)
+    assert _per_seed(sheet, 0) == first
+    assert _per_seed(sheet[::-1], 0) == first
+    tests = [_patients_by_split(_per_seed(sheet, k))["test"] for k in range(5)]
+    assert len({frozenset(t) for t in tests}) == 5
+    assert _per_seed(sheet, 0, seed=7) != first
+    assert draw_seed(42, 1) != draw_seed(43, 0) and draw_seed(42, 1) == draw_seed(42, 1)
+
+
+def test_per_seed_pools_the_official_split_with_a_note() -> None:
+    """The sheet's split column is ignored (a partial or patient-straddling one included), and
+    the draw is the same as without it."""
+    plain = _sheet(40, per_patient=2)
+    official = [replace(s, split="test" if i < 10 else "train") for i, s in enumerate(plain)]
+    rows, warnings = make_splits(official, CLASSES, protocol="per_seed", training_seed=1)
+    assert rows == _per_seed(plain, 1)
+    assert "the sheet's split column is ignored" in warnings[0]
+    straddling = [replace(s, split="train" if i % 2 else "") for i, s in enumerate(plain)]
+    assert _per_seed(straddling, 1) == rows
+    assert not [w for w in make_splits(plain, CLASSES, protocol="per_seed", training_seed=1)[1]]
+
+
+def test_per_seed_keeps_excluded_slides_out_of_every_draw() -> None:
+    gone = {"S0003": "no tissue patches"}
+    for training_seed in (0, 1):
+        rows = _per_seed(_sheet(30), training_seed, excluded=gone)
+        assert [(r.split, r.excluded) for r in rows if r.slide_id == "S0003"] == [
+            ("excluded", "no tissue patches")
+        ]
+
+
+def test_the_fixed_protocol_is_the_default_and_unchanged() -> None:
+    """fixed with its null fractions is the paper's split (1/3, then 15% of the rest, seed 42),
+    whatever the training seed would be."""
+    sheet = _sheet(60, per_patient=2)
+    rows, _ = make_splits(sheet, CLASSES)
+    explicit = make_splits(
+        sheet, CLASSES, seed=42, test_fraction=0.3333333333, val_fraction=0.15, protocol="fixed"
+    )[0]
+    assert rows == explicit
+    assert Counter(r.split for r in rows) == {"train": 34, "val": 6, "test": 20}
+
+
+def test_a_protocol_and_training_seed_that_disagree_are_one_line() -> None:
+    with pytest.raises(SpanError, match="per_seed needs a training seed"):
+        make_splits(_sheet(10), CLASSES, protocol="per_seed")
+    with pytest.raises(SpanError, match="fixed takes no training seed"):
+        make_splits(_sheet(10), CLASSES, training_seed=0)
+    with pytest.raises(SpanError, match=r"set splits\.protocol to one of"):
+        make_splits(_sheet(10), CLASSES, protocol="random")

@@ -166,6 +166,19 @@ def test_config_edits_rerun_only_the_affected_stages(tiny_run):
         "all": 1,
     }, counts
 
+    # The per_seed protocol splits once per training seed and retrains everything; under it,
+    # the sheet's split column is pooled, so editing it would re-split nothing.
+    edited = {**config, "splits": {"protocol": "per_seed"}}
+    counts = planned_jobs(snakemake(tmp_path, "-n", config=edited))
+    assert counts == {
+        "split_per_seed": 2,
+        "train": 8,
+        "evaluate": 2,
+        "predict": 4,
+        "sweep_plot": 1,
+        "all": 1,
+    }, counts
+
     # Options that change speed, never results, re-run nothing.
     edited = {
         **config,
@@ -274,3 +287,27 @@ def test_a_bad_variant_stops_the_run_before_any_job(tiny_run):
         assert res.returncode != 0
         line = next(x for x in res.stdout.splitlines() if "invalid config" in x)
         assert message in line, line
+
+
+def test_per_seed_splits_train_and_test_each_seed_on_its_own_split(tiny_run):
+    """Run last (it retrains ABMIL on other splits): under splits.protocol per_seed, seed k's
+    run reads splits/seed<k>.tsv, drawn with the sheet's split column pooled."""
+    from span.data.splits import read_splits
+
+    tmp_path, config, _ = tiny_run
+    edited = {**config, "splits": {"protocol": "per_seed"}}
+    targets = [TINY.run("tiny", "abmil", seed, files.TEST_PREDICTIONS_CSV) for seed in (0, 1)]
+    res = snakemake(tmp_path, "--cores", "2", *targets, config=edited)
+    assert res.returncode == 0, res.stdout[-3000:]
+    for seed in (0, 1):
+        rows = read_splits(tmp_path / TINY.seed_splits(seed))
+        sets = {name: {r.slide_id for r in rows if r.split == name} for name in ("train", "test")}
+        assert (len(sets["train"]), len(sets["test"])) == (6, 1)  # 8 patients: 70/15/15
+        with (tmp_path / TINY.run("tiny", "abmil", seed, files.TEST_PREDICTIONS_CSV)).open() as f:
+            assert {r["slide_id"] for r in csv.DictReader(f)} == sets["test"]
+        run = json.loads(
+            (tmp_path / TINY.run("tiny", "abmil", seed, files.METRICS_JSON)).read_text()
+        )
+        assert run["slides"] == {"train": 6, "val": 1, "test": 1}
+    log = (tmp_path / TINY.log("split_per_seed", "seed1")).read_text()
+    assert "the sheet's split column is ignored" in log

@@ -15,6 +15,7 @@ import tifffile
 import torch
 import yaml
 
+from span.outputs import Layout
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic import DEMO_SLIDES
 from span.synthetic.tissue import render_tissue
@@ -452,3 +453,28 @@ def test_variant_training_overrides_reach_its_jobs_only(tmp_path):
     res = snakemake(tmp_path, "-n", config=config)
     assert res.returncode != 0
     assert "experiments.aug.augmented.training: no option flip" in res.stdout
+
+
+def test_per_seed_splits_give_each_training_seed_its_own_split(tmp_path):
+    """splits.protocol per_seed: one split job per training seed (its seed passed), seed k's
+    training jobs read seed k's file, no cohort-wide splits.tsv, and evaluation is told that
+    the seeds' test sets differ."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config["splits"]["protocol"] = "per_seed"
+    config.update(experiments={"e": [{"model": "span"}, {"model": "abmil"}]}, seeds=[0, 3])
+    config.update(run_experiments=["e"], predict={"heatmaps": [], "heatmap_max_side": 100})
+    res = snakemake(tmp_path, "-n", "-p", "--forceall", config=config)
+    counts = planned_jobs(res)
+    assert counts["split_per_seed"] == 2 and "split" not in counts and counts["train"] == 4
+    lines = res.stdout.splitlines()
+    demo = Layout("demo", "resnet18-penultimate")
+    for seed in (0, 3):
+        split = [x for x in lines if ".log split " in x and f"--training-seed {seed} " in x]
+        assert len(split) == 1 and "--protocol per_seed" in split[0], split
+        assert split[0].endswith(f"--out {demo.seed_splits(seed)}")
+        trains = [x for x in lines if " train --splits" in x and f" --seed {seed} " in x]
+        assert len(trains) == 2, trains
+        assert all(f"--splits {demo.seed_splits(seed)} " in x for x in trains)
+    (evaluate,) = [x for x in lines if re.search(r"\.log evaluate ", x)]
+    assert "--protocol per_seed" in evaluate

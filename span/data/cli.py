@@ -34,7 +34,11 @@ def _split(args: argparse.Namespace) -> None:
     }
     excluded = {slide: reason for slide, reason in reasons.items() if reason}
     rows, warnings = make_splits(
-        samples, args.classes, **values_for(SplitSettings, args), excluded=excluded
+        samples,
+        args.classes,
+        **values_for(SplitSettings, args),
+        excluded=excluded,
+        training_seed=args.training_seed,
     )
     for warning in warnings:
         log.warning("%s", warning)
@@ -56,11 +60,17 @@ def register(stages: argparse._SubParsersAction) -> None:
 
     p = stages.add_parser(
         "split",
-        help="train/val/test splits of the labelled slides (official splits win; seed 42)",
+        help="train/val/test splits of the labelled slides (fixed: official splits win, seed "
+        "42; per_seed: pooled, one split per training seed)",
     )
     p.add_argument("--samples", required=True, help="sample sheet (TSV)")
     p.add_argument("--classes", nargs="+", required=True)
     add_options(p, SplitSettings)
+    p.add_argument(
+        "--training-seed",
+        type=int,
+        help="the training seed whose split to draw (protocol per_seed only)",
+    )
     p.add_argument(
         "--features",
         nargs="*",

@@ -1,6 +1,15 @@
-"""Train/val/test splits of the labelled slides, made at the patient level (the paper's protocol).
+"""Train/val/test splits of the labelled slides, made at the patient level.
 
-Protocol, applied by `make_splits`:
+Two protocols (`protocol`):
+
+* `fixed` (the paper's, the default): one split, seed `seed`, serves every training seed; the
+  sheet's `split` column wins where given. Seeds then measure training variation only.
+* `per_seed` (the SPAN authors' code, wwyi1828/SPAN): the sheet's `split` column is ignored
+  (official train and test pooled) and every training seed gets its own split, drawn with
+  `draw_seed(seed, training_seed)`, so that seeds measure data variation too. Its fractions
+  default to 70/15/15 of the patients.
+
+Rules, applied by `make_splits`:
 
 * Only labelled slides are split; unlabeled slides are omitted from the rows (they are predicted
   anyway). A slide the QC excludes (`excluded`: slide id -> reason, from the features files by
@@ -10,17 +19,19 @@ Protocol, applied by `make_splits`:
 * Official splits win: if every labelled slide has a sheet `split`, it is kept. If only some do,
   that is an error. If the official split has no val slides, val is carved from the train
   patients (`val_fraction`); test is never touched. A patient spanning sets is an error.
-* Without a split column: test = `test_fraction` of the patients, then val = `val_fraction` of
-  the remaining patients; the rest is train.
+* Without a split column (or with `per_seed`): test = `test_fraction` of the patients, then val
+  = `val_fraction` of the remaining patients; the rest is train. A fraction left None is the
+  protocol's (`PROTOCOL_FRACTIONS`).
 * One cut of k patients out of n: k = round(fraction * n) (Python's round, half to even); if
   fraction > 0 and n >= 2, k is clamped to [1, n - 1] so both sides keep a patient; if n < 2 or
   fraction == 0, k = 0. With the default fractions, 3+ patients fill train, val and test.
 * A cut is stratified by patient label when every class present among its n patients has at least
   2 patients and both k and n - k are at least the number of classes present (scikit-learn's
   requirements); otherwise it is plain random and a warning says why.
-* Patients are sorted by id, then cut with scikit-learn's `train_test_split(random_state=seed)`:
-  the result depends only on (slide_id, patient, label, split) of the labelled slides, the
-  exclusions, the classes and the seed, never on row order or other columns.
+* Patients are sorted by id, then cut with scikit-learn's `train_test_split(random_state=seed)`
+  (per_seed: the drawn seed): the result depends only on (slide_id, patient, label, split) of the
+  labelled slides (per_seed: not split), the exclusions, the classes, the protocol and the
+  seeds, never on row order or other columns.
 """
 
 from __future__ import annotations
@@ -28,8 +39,10 @@ from __future__ import annotations
 import csv
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from span.atomic import write_text_atomic
 from span.data.samplesheet import SPLITS, Sample
@@ -38,6 +51,11 @@ from span.settings.stages import SplitSettings
 
 COLUMNS = ("slide_id", "patient", "label", "split", "excluded")
 EXCLUDED = "excluded"  # the split of a slide the QC excludes
+
+#: Each protocol's (test_fraction, val_fraction) where the config leaves them None: the paper's
+#: one third, then 15% of the rest (fixed); the authors' 70/15/15 of all patients (per_seed:
+#: 15% of the 85% left after test is 0.15 / 0.85 of them).
+PROTOCOL_FRACTIONS = {"fixed": (0.3333333333, 0.15), "per_seed": (0.15, 0.15 / 0.85)}
 
 # A patient group: (0, patient id) for a named patient, (1, slide_id) for a slide on its own, so a
 # slide id can never collide with a patient id.
@@ -160,6 +178,48 @@ def _slide_id(s: Sample) -> str:
     return s.slide_id
 
 
+def shares_test_set(protocol: str) -> bool:
+    """Whether every training seed is tested on the same slides (evaluation's seed averages
+    and DeLong's test need that): true for `fixed` only."""
+    return protocol == "fixed"
+
+
+def draw_seed(seed: int, training_seed: int) -> int:
+    """The seed of a per_seed split: both seeds mixed by numpy's SeedSequence, so that no two
+    (seed, training_seed) pairs share a draw by accident (as 42 + 1 and 43 + 0 would)."""
+    return int(np.random.SeedSequence([seed, training_seed]).generate_state(1)[0])
+
+
+def _protocol_seed(protocol: str, seed: int, training_seed: int | None) -> int:
+    """The seed of the patient draw: `seed` (fixed) or the training seed's own (per_seed)."""
+    if protocol not in PROTOCOL_FRACTIONS:
+        raise SpanError(
+            None,
+            f"splits.protocol is {protocol!r}",
+            f"set splits.protocol to one of {list(PROTOCOL_FRACTIONS)}",
+        )
+    if (protocol == "per_seed") != (training_seed is not None):
+        need = "needs a" if protocol == "per_seed" else "takes no"
+        raise SpanError(
+            None,
+            f"splits.protocol {protocol} {need} training seed (given: {training_seed})",
+            "let the workflow pass --training-seed, which it does for per_seed only",
+        )
+    return seed if training_seed is None else draw_seed(seed, training_seed)
+
+
+def _pooled(labelled: list[Sample], training_seed: int | None) -> tuple[list[Sample], list[str]]:
+    """per_seed: the slides without the sheet's splits (official sets pooled), and a note
+    saying so where the sheet had any."""
+    if not any(s.split for s in labelled):
+        return labelled, []
+    note = (
+        "splits.protocol per_seed: the sheet's split column is ignored (official train, val "
+        f"and test pooled); training seed {training_seed} gets its own split"
+    )
+    return [replace(s, split="") for s in labelled], [note]
+
+
 _DEFAULT = SplitSettings()
 
 
@@ -167,25 +227,35 @@ def make_splits(
     samples: list[Sample],
     classes: list[str],
     seed: int = _DEFAULT.seed,
-    test_fraction: float = _DEFAULT.test_fraction,
-    val_fraction: float = _DEFAULT.val_fraction,
+    test_fraction: float | None = _DEFAULT.test_fraction,
+    val_fraction: float | None = _DEFAULT.val_fraction,
+    protocol: str = _DEFAULT.protocol,
     excluded: Mapping[str, str] | None = None,
+    training_seed: int | None = None,
 ) -> tuple[list[SplitRow], list[str]]:
-    """Assign every labelled slide to train/val/test at the patient level (see module doc).
+    """Assign every labelled slide to train/val/test at the patient level (see module doc);
+    `training_seed` is the training run whose split `per_seed` draws.
 
     Returns the rows sorted by slide_id (unlabeled slides omitted) and human-readable warnings.
     """
     excluded = excluded or {}
+    draw = _protocol_seed(protocol, seed, training_seed)
+    test_default, val_default = PROTOCOL_FRACTIONS[protocol]
+    test_fraction = test_default if test_fraction is None else test_fraction
+    val_fraction = val_default if val_fraction is None else val_fraction
     labelled = sorted((s for s in samples if s.label), key=_slide_id)
     _check(labelled, classes, {"test_fraction": test_fraction, "val_fraction": val_fraction})
+    notes = []
+    if protocol == "per_seed":
+        labelled, notes = _pooled(labelled, training_seed)
     left_out = [
         SplitRow(s.slide_id, s.patient, s.label, EXCLUDED, excluded[s.slide_id])
         for s in labelled
         if s.slide_id in excluded
     ]
     labelled = [s for s in labelled if s.slide_id not in excluded]
-    rows, warnings = _assign(labelled, classes, seed, test_fraction, val_fraction)
-    return sorted(rows + left_out, key=lambda r: r.slide_id), warnings
+    rows, warnings = _assign(labelled, classes, draw, test_fraction, val_fraction)
+    return sorted(rows + left_out, key=lambda r: r.slide_id), notes + warnings
 
 
 def _assign(

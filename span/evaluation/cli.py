@@ -8,6 +8,8 @@ import logging
 from pathlib import Path
 
 from span.errors import SpanError
+from span.settings.options import add_options
+from span.settings.stages import SplitSettings
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +28,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         n_bootstrap=args.bootstrap,
         labels=_json_object(args.labels, "--labels"),
         sweep=args.sweep,
+        protocol=args.protocol,
     )
     log.info("report: %s", out["report_md"])
 
@@ -81,6 +84,7 @@ def register(stages: argparse._SubParsersAction) -> None:
     e.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     e.add_argument("--labels", default="{}", help="JSON object: variant -> display name")
     e.add_argument("--sweep", help="the swept hyperparameter (the report shows sweep.png)")
+    add_options(e, SplitSettings, ["protocol"])
     e.add_argument("--out", required=True, help="folder for results.csv/.md, roc.png, report.md")
     e.set_defaults(func=_evaluate)
 

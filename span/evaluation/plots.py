@@ -1,6 +1,6 @@
-"""The experiment's figures: ROC curves of the seed-averaged test predictions (roc.png) and, for
-a sweep experiment, accuracy and peak memory against the swept hyperparameter (sweep.png, the
-paper's Figure 4, from results.csv)."""
+"""The experiment's figures: ROC curves of the seed-averaged test predictions (per_seed splits:
+every seed's pooled; roc.png) and, for a sweep experiment, accuracy and peak memory against the
+swept hyperparameter (sweep.png, the paper's Figure 4, from results.csv)."""
 
 from __future__ import annotations
 
@@ -44,15 +44,16 @@ def _roc_points(positive: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, n
 def plot_roc(
     path: str | Path, results: Mapping[str, VariantResult], classes: Sequence[str]
 ) -> None:
-    """ROC curves of the seed-averaged predictions (binary: one panel; C > 2: one per class)."""
+    """ROC curves of the seed-averaged predictions, or of every seed's pooled where the seeds'
+    test sets differ (binary: one panel; C > 2: one per class)."""
     panels = [1] if len(classes) == 2 else list(range(len(classes)))
     fig = _figure(5 * len(panels), 5)
     axes = fig.subplots(1, len(panels), squeeze=False)[0]
     for ax, k in zip(axes, panels, strict=True):
         title = f"{classes[1]} vs {classes[0]}" if len(classes) == 2 else f"{classes[k]} vs rest"
         for res in results.values():
-            y = res.runs[0].y == k
-            scores = res.avg_probs[:, k]
+            labels, probs = (res.runs[0].y, res.avg_probs) if res.shared_test else res.pooled
+            y, scores = labels == k, probs[:, k]
             value, why = binary_auc(y, scores)
             if why is not None:
                 ax.text(0.5, 0.5, f"ROC undefined: {why}", ha="center", transform=ax.transAxes)

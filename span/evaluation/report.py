@@ -13,10 +13,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from span.atomic import write_text_atomic
+from span.data.splits import shares_test_set
 from span.evaluation.plots import plot_roc
 from span.evaluation.results_files import write_results
-from span.evaluation.seed_runs import load_results
-from span.evaluation.summary import BOOTSTRAP_SEED, per_seed_rows, summarize, unique_values
+from span.evaluation.seed_runs import VariantResult, load_results
+from span.evaluation.summary import (
+    BOOTSTRAP_SEED,
+    PER_SEED_TEST_SETS,
+    per_seed_rows,
+    summarize,
+    unique_values,
+)
 from span.evaluation.tables import (
     Footnotes,
     cell,
@@ -73,6 +80,37 @@ def _slides_sections(infos: Sequence[dict]) -> list[str]:
     return parts
 
 
+def _splits_lines(protocol: str, classes: Sequence[str], result: VariantResult) -> list[str]:
+    """The report's lines on the classes, how the splits were made and the test slides."""
+    if shares_test_set(protocol):
+        return [
+            f"- Classes: {', '.join(classes)}; {len(result.runs[0].y)} test slides",
+            f"- Splits: `{protocol}`, one split for every seed (the same test slides)",
+        ]
+    sizes = sorted({len(r.y) for r in result.runs})
+    return [
+        f"- Classes: {', '.join(classes)}; {sizes[0]}-{sizes[-1]} test slides per seed, "
+        f"{result.test_slides} distinct",
+        f"- Splits: `{protocol}`, the sheet's split pooled and a new split drawn for every "
+        "seed, so that seeds measure data variation too",
+    ]
+
+
+def _seed_averaged_intro(shared_test: bool) -> str:
+    """What the seed-averaged section holds, or why its averages and DeLong are n/a."""
+    if shared_test:
+        return (
+            "Probabilities averaged over seeds per slide; percentile bootstrap CIs over slides; "
+            "DeLong's test against the reference on the same slides. Balanced accuracy and "
+            "macro F1 are mean ± std over seeds."
+        )
+    return (
+        f"Not computed: {PER_SEED_TEST_SETS}; the appendix has the per-seed DeLong p-values. "
+        "The t-test on AUC, balanced accuracy and macro F1 are over seeds as usual. The ROC "
+        "curves pool every seed's test predictions."
+    )
+
+
 def write_report(
     out_dir: str | Path,
     experiment: str,
@@ -83,20 +121,23 @@ def write_report(
     n_bootstrap: int = 1000,
     labels: Mapping[str, str] | None = None,
     sweep: str | None = None,
+    protocol: str = "fixed",
 ) -> dict[str, Path]:
     """Write results.csv, results_per_seed.csv, results.md, roc.png and report.md; return paths.
 
     `labels` maps variants to display names; `sweep` names the hyperparameter of a sweep
-    experiment, whose plot (sweep.png, written by `span sweep-plot`) the report then shows.
+    experiment, whose plot (sweep.png, written by `span sweep-plot`) the report then shows;
+    `protocol` is splits.protocol (per_seed: every seed has its own test set).
     Device, encoder weights, excluded slides and those that lost unreadable tiles are the
     ones recorded in the runs' metrics.json.
     """
     out_dir = Path(out_dir)
     classes = list(classes)
-    results = load_results(variants, reference, classes, labels)
+    shared_test = shares_test_set(protocol)
+    results = load_results(variants, reference, classes, labels, shared_test)
     reference_name = results[reference].display
     rows = summarize(results, reference, classes, n_bootstrap=n_bootstrap)
-    seed_rows = per_seed_rows(results, classes)
+    seed_rows = per_seed_rows(results, reference, classes)
     infos = [r.info for res in results.values() for r in res.runs]
     run_weights = unique_values(i["encoder_weights"] for i in infos)
 
@@ -125,11 +166,10 @@ def write_report(
     table = results_table(rows, classes, notes)  # again: footnote numbers restart per file
     parts = [_RANDOM_WEIGHTS_WARNING] if "random" in run_weights else []
     parts.append(f"# Results: {experiment}\n")
-    n_slides = len(results[reference].runs[0].y)
     meta = [
         f"- Cohort: {cohort or 'n/a'}",
         f"- Experiment: {experiment}",
-        f"- Classes: {', '.join(classes)}; {n_slides} test slides",
+        *_splits_lines(protocol, classes, results[reference]),
         f"- Device: {' / '.join(unique_values(i['device'] for i in infos))}",
         f"- Encoder weights: {' / '.join(run_weights)}",
         f"- Reference (p-values): {reference_name}",
@@ -140,10 +180,7 @@ def write_report(
     parts.append("\n".join(meta) + "\n")
     parts.append(f"## Main results\n\n{caption}\n\n{table}\n")
     parts.append(
-        "## Seed-averaged predictions\n\n"
-        "Probabilities averaged over seeds per slide; percentile bootstrap CIs over slides; "
-        "DeLong's test against the reference on the same slides. Balanced accuracy and macro F1 "
-        "are mean ± std over seeds.\n\n"
+        f"## Seed-averaged predictions\n\n{_seed_averaged_intro(shared_test)}\n\n"
         f"{secondary_table(rows, classes, notes)}\n"
     )
     parts.append("## ROC curves\n\n![ROC curves](roc.png)\n")

@@ -2,7 +2,9 @@
 
 Each seed folder `<exp>/<variant>/seed<k>/` holds the run files of `span.run_files`
 (metrics.json, test_predictions.csv); every run must predict the same test slides with the
-same labels as the reference's first seed, and is reordered to that seed's slide order.
+same labels as the reference's first seed, and is reordered to that seed's slide order. When
+each seed has its own test set (splits.protocol per_seed), a run is held to the reference's run
+of the same seed instead.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ class VariantResult:
     name: str
     runs: list[SeedRun]
     label: str | None = None  # display name from the config, else the registry's for the model
+    shared_test: bool = True  # every seed tested on the same slides (splits.protocol fixed)
 
     @property
     def display(self) -> str:
@@ -53,8 +56,22 @@ class VariantResult:
 
     @property
     def avg_probs(self) -> np.ndarray:
-        """Seed-averaged class probabilities [N, C]."""
+        """Seed-averaged class probabilities [N, C] (one shared test set only)."""
+        if not self.shared_test:
+            raise ValueError("seeds with their own test sets have no seed-averaged predictions")
         return np.mean([r.probs for r in self.runs], axis=0)
+
+    @property
+    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels [N], probabilities [N, C]) of every seed's test predictions, one row per
+        slide and seed (the ROC curve where the seeds' test sets differ)."""
+        runs = self.runs
+        return np.concatenate([r.y for r in runs]), np.concatenate([r.probs for r in runs])
+
+    @property
+    def test_slides(self) -> int:
+        """Distinct test slides over the seeds."""
+        return len({s for r in self.runs for s in r.slide_ids})
 
 
 def discover_variants(exp_dir: str | Path) -> dict[str, list[Path]]:
@@ -112,9 +129,11 @@ def load_results(
     reference: str,
     classes: Sequence[str],
     labels: Mapping[str, str] | None = None,
+    shared_test: bool = True,
 ) -> dict[str, VariantResult]:
-    """Load and cross-check every seed of every variant (same slides and labels everywhere);
-    `labels` maps variants to display names."""
+    """Load and cross-check every seed of every variant (same slides and labels everywhere,
+    or, without a `shared_test` set, as the reference's run of the same seed where it has
+    one); `labels` maps variants to display names."""
     if len(classes) < 2:
         raise ValueError("need at least 2 classes")
     if reference not in variants:
@@ -124,13 +143,18 @@ def load_results(
             "name the SPAN variant as reference",
         )
     raw = {name: _load_variant(name, dirs, classes) for name, dirs in variants.items()}
-    ref0 = raw[reference][0]
-    order, truth, ref_file = ref0[2], ref0[3], ref0[0] / TEST_PREDICTIONS_CSV
+    ref_runs = {r[1]: r for r in raw[reference]}
+
+    def align(run: tuple) -> SeedRun:
+        ref = raw[reference][0] if shared_test else ref_runs.get(run[1], run)
+        return _align(run, ref[2], ref[3], ref[0] / TEST_PREDICTIONS_CSV)
+
     return {
         name: VariantResult(
             name,
-            sorted((_align(r, order, truth, ref_file) for r in runs), key=lambda r: r.seed),
+            sorted(map(align, runs), key=lambda r: r.seed),
             label=(labels or {}).get(name),
+            shared_test=shared_test,
         )
         for name, runs in raw.items()
     }

@@ -7,6 +7,10 @@ over seeds on accuracy (as in the paper); the t-test on AUC and DeLong are in th
 C > 2, DeLong is computed per class (one-vs-rest, `p_delong_<class>`) and `p_delong` is n/a.
 Memory is the maximum over seeds of each run's peak; runtime the mean over seeds. Every n/a
 has its reason in the row's `notes` (and, by column, in the private `_notes`).
+
+When every seed has its own test set (splits.protocol per_seed) there are no seed-averaged
+predictions: their CIs and DeLong are n/a with `PER_SEED_TEST_SETS` as the reason, and DeLong
+is computed per seed (each seed's slides are the same for both variants) in the per-seed rows.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from span.evaluation.seed_runs import VariantResult
+from span.evaluation.seed_runs import SeedRun, VariantResult
 from span.evaluation.stats import delong_test, paired_ttest
 from span.metrics import bootstrap_ci, classification_metrics
 from span.run_files import REQUIRED_KEYS
@@ -25,6 +29,11 @@ from span.run_files import REQUIRED_KEYS
 BOOTSTRAP_SEED = 0
 ALPHA = 0.05
 _NOT_BINARY_DELONG = "DeLong is defined for binary AUCs; see the per-class p_delong_<class> columns"
+PER_SEED_TEST_SETS = (
+    "each seed has its own test set (splits.protocol per_seed), so no slide has a prediction "
+    "from every seed to average and DeLong's test, which compares two models on the same "
+    "slides, is per seed (results_per_seed.csv)"
+)
 
 
 def unique_values(values: Iterable) -> list:
@@ -69,6 +78,11 @@ def _seed_metric_columns(
 
 def _seed_averaged_columns(res: VariantResult, n_bootstrap: int, row: dict, notes: dict) -> None:
     """Accuracy and AUC of the seed-averaged predictions with their bootstrap CIs."""
+    if not res.shared_test:
+        for m in ("accuracy", "auc"):
+            row[f"seed_avg_{m}"] = row[f"{m}_ci_low"] = row[f"{m}_ci_high"] = float("nan")
+            notes[f"{m}_ci"] = PER_SEED_TEST_SETS
+        return
     avg, y = res.avg_probs, res.runs[0].y
     pooled = classification_metrics(y, avg)
     for m in ("accuracy", "auc"):
@@ -106,20 +120,38 @@ def _test_columns(
             why += f"{unpaired} seeds without a reference seed of the same number"
         if why:
             notes[f"p_ttest_{m}"] = why
-    avg, ref_avg, y = res.avg_probs, ref.avg_probs, res.runs[0].y
-    targets = (
-        [(1, "p_delong")]
-        if n_classes == 2
-        else [(k, f"p_delong_{c}") for k, c in enumerate(classes)]
-    )
-    for k, col in targets:
-        p, _, _, why = delong_test((y == k).astype(int), avg[:, k], ref_avg[:, k])
-        row[col] = _nan(p)
-        if why:
-            notes[col] = why
+    if res.shared_test:
+        _delong_columns(res.runs[0].y, res.avg_probs, ref.avg_probs, classes, row, notes)
+    else:
+        for col in _delong_targets(classes).values():
+            row[col] = float("nan")
+            notes[col] = PER_SEED_TEST_SETS
     if n_classes > 2:
         row["p_delong"] = float("nan")
         notes["p_delong"] = _NOT_BINARY_DELONG
+
+
+def _delong_targets(classes: Sequence[str]) -> dict[int, str]:
+    """Class index -> DeLong column: the positive class (binary), else each class vs rest."""
+    if len(classes) == 2:
+        return {1: "p_delong"}
+    return {k: f"p_delong_{c}" for k, c in enumerate(classes)}
+
+
+def _delong_columns(
+    y: np.ndarray,
+    probs: np.ndarray,
+    ref_probs: np.ndarray,
+    classes: Sequence[str],
+    row: dict,
+    notes: dict,
+) -> None:
+    """DeLong's test of two variants' probabilities of the same slides, per target class."""
+    for k, col in _delong_targets(classes).items():
+        p, _, _, why = delong_test((y == k).astype(int), probs[:, k], ref_probs[:, k])
+        row[col] = _nan(p)
+        if why:
+            notes[col] = why
 
 
 def _cost_columns(res: VariantResult, row: dict, notes: dict) -> None:
@@ -171,9 +203,16 @@ def summarize(
             "method": res.display,
             "n_seeds": len(res.runs),
             "seeds": ",".join(str(r.seed) for r in res.runs),
-            "n_slides": len(res.runs[0].y),
+            "n_slides": res.test_slides,
             "is_reference": res is ref,
+            "_shared_test": res.shared_test,
         }
+        if not res.shared_test:
+            sizes = sorted({len(r.y) for r in res.runs})
+            notes["n_slides"] = (
+                f"distinct test slides over the seeds' own test sets ({sizes[0]}-{sizes[-1]} "
+                "per seed)"
+            )
         _seed_metric_columns(res, classes, row, notes)
         _seed_averaged_columns(res, n_bootstrap, row, notes)
         _test_columns(res, ref, classes, row, notes)
@@ -184,8 +223,12 @@ def summarize(
     return rows
 
 
-def per_seed_rows(results: Mapping[str, VariantResult], classes: Sequence[str]) -> list[dict]:
-    """One results_per_seed.csv row per variant and seed: test metrics and run metadata."""
+def per_seed_rows(
+    results: Mapping[str, VariantResult], reference: str, classes: Sequence[str]
+) -> list[dict]:
+    """One results_per_seed.csv row per variant and seed: test metrics and run metadata; where
+    the seeds' test sets differ, also DeLong's test against the reference's same seed."""
+    ref_runs = {r.seed: r for r in results[reference].runs}
     rows = []
     for res in results.values():
         for run, m in zip(res.runs, res.per_seed, strict=True):
@@ -193,8 +236,31 @@ def per_seed_rows(results: Mapping[str, VariantResult], classes: Sequence[str]) 
             row["directory"] = str(run.directory)
             row.update({k: m[k] for k in ("accuracy", "auc", "balanced_accuracy", "macro_f1")})
             row.update({f"auc_{c}": m[f"auc_{k}"] for k, c in enumerate(classes)})
+            notes = dict(m["reasons"])
+            if not res.shared_test:
+                _seed_delong_columns(
+                    run, ref_runs.get(run.seed), res.name == reference, classes, row, notes
+                )
             row.update({k: run.info[k] for k in REQUIRED_KEYS if k not in ("variant", "seed")})
             row["runtime_note"] = run.info.get("runtime_note") or ""
-            row["notes"] = "; ".join(f"{k}: {v}" for k, v in m["reasons"].items())
+            row["notes"] = "; ".join(f"{k}: {v}" for k, v in notes.items())
             rows.append(row)
     return rows
+
+
+def _seed_delong_columns(
+    run: SeedRun,
+    ref: SeedRun | None,
+    is_reference: bool,
+    classes: Sequence[str],
+    row: dict,
+    notes: dict,
+) -> None:
+    """DeLong's test of one seed's test predictions against the reference's same seed."""
+    if is_reference or ref is None:
+        row.update(dict.fromkeys(_delong_targets(classes).values(), float("nan")))
+        notes["p_delong"] = (
+            "reference variant" if is_reference else "no reference seed of this number"
+        )
+        return
+    _delong_columns(run.y, run.probs, ref.probs, classes, row, notes)

@@ -73,10 +73,15 @@ def results_table(rows: Sequence[dict], classes: Sequence[str], notes: Footnotes
         auc_h = ["AUC" + notes.ref(f"AUC of {classes[1]} (positive class) against {classes[0]}.")]
     else:
         auc_h = [f"AUC ({c})" for c in classes]
+    delong = (
+        "the t-test on AUC and DeLong's test on the seed-averaged predictions are in results.csv."
+        if all(r["_shared_test"] for r in rows)
+        else "the t-test on AUC is in results.csv, DeLong's test of each seed's own test set "
+        "in results_per_seed.csv."
+    )
     p_h = "p-value" + notes.ref(
         "Two-sided paired t-test over seeds (paired by seed number) on accuracy against the "
-        "reference row (`-`), as in the paper; the t-test on AUC and DeLong's test on the "
-        "seed-averaged predictions are in results.csv."
+        f"reference row (`-`), as in the paper; {delong}"
     )
     run_h = "Runtime" + notes.ref(
         "Runtime is the mean time of one epoch of training + validation, averaged over seeds."
@@ -157,13 +162,20 @@ def secondary_table(rows: Sequence[dict], classes: Sequence[str], notes: Footnot
 
 
 def per_seed_table(seed_rows: Sequence[dict], classes: Sequence[str]) -> str:
-    """Per-seed numbers (appendix)."""
-    aucs = ["AUC"] if len(classes) == 2 else [f"AUC ({c})" for c in classes]
+    """Per-seed numbers (appendix); DeLong p against the reference's same seed where the
+    rows have it (each seed its own test set)."""
+    binary = len(classes) == 2
+    aucs = ["AUC"] if binary else [f"AUC ({c})" for c in classes]
+    delong_cols = ["p_delong"] if binary else [f"p_delong_{c}" for c in classes]
+    if not seed_rows or delong_cols[0] not in seed_rows[0]:
+        delong_cols = []
+    delong = [("DeLong p" if binary else f"DeLong p ({c[9:]})") for c in delong_cols]
     header = [
         "Method",
         "Seed",
         "Accuracy",
         *aucs,
+        *delong,
         "Balanced acc.",
         "Macro F1",
         "Runtime",
@@ -184,6 +196,7 @@ def per_seed_table(seed_rows: Sequence[dict], classes: Sequence[str]) -> str:
             str(r["seed"]),
             f3(r["accuracy"]),
             *map(f3, auc_vals),
+            *(format_p(r[c]) if math.isfinite(r[c]) else "n/a" for c in delong_cols),
             f3(r["balanced_accuracy"]),
             f3(r["macro_f1"]),
             f"{run:.2f}s" if _finite(run) else "n/a",

@@ -70,11 +70,17 @@ class Cohort:
         return batch_of(self.batches(rule))
 
 
-def split_key(samples: Mapping[str, Sample]) -> str:
-    """What the split reads of the sheet: each labelled row's id, patient, label and split."""
-    return "|".join(
-        f"{s.slide_id}:{s.patient}:{s.label}:{s.split}" for s in samples.values() if s.label
+def split_key(samples: Mapping[str, Sample], protocol: str) -> str:
+    """What the split reads of the sheet: each labelled row's id, patient, label and, under
+    the fixed protocol, split (per_seed pools the sheet's splits: editing them re-splits
+    nothing); the protocol leads, so that changing it re-splits."""
+    pooled = protocol == "per_seed"
+    rows = (
+        f"{s.slide_id}:{s.patient}:{s.label}:{'' if pooled else s.split}"
+        for s in samples.values()
+        if s.label
     )
+    return "|".join([protocol, *rows])
 
 
 def split_plan(
@@ -84,7 +90,10 @@ def split_plan(
     max_bad_tile_share: float,
 ) -> str:
     """A digest of everything the splits depend on but the features files (the sheet's
-    labelled rows, the classes, the split protocol, the exclusion threshold): a param of the
-    training jobs, so that they re-run when it changes."""
-    text = json.dumps([split_key(samples), list(classes), dict(splits), max_bad_tile_share])
+    labelled rows, the classes, the split protocol and its options, the exclusion threshold):
+    a param of the training jobs, so that they re-run when it changes. The training seeds are
+    not in it: adding one retrains no other seed."""
+    text = json.dumps(
+        [split_key(samples, splits["protocol"]), list(classes), dict(splits), max_bad_tile_share]
+    )
     return hashlib.sha1(text.encode()).hexdigest()

@@ -96,8 +96,18 @@ class WorkflowPlan:
         return list(self.config["seeds"])
 
     @property
+    def split_protocol(self) -> str:
+        return self.config["splits"]["protocol"]
+
+    @property
     def split_key(self) -> str:
-        return split_key(self.cohort.samples)
+        return split_key(self.cohort.samples, self.split_protocol)
+
+    def splits_file(self, seed: int | str) -> str:
+        """The splits a training seed reads: the one split (fixed) or its own (per_seed)."""
+        if self.split_protocol == "per_seed":
+            return self.layout.seed_splits(seed)
+        return self.layout.splits
 
     @property
     def split_plan(self) -> str:
@@ -151,6 +161,15 @@ class WorkflowPlan:
     @property
     def split_options(self) -> str:
         return f"{self.options('splits', SplitSettings)} {self.exclusion_options}"
+
+    def seed_split_options(self, seed: int | str) -> str:
+        """`span split`'s options for one training seed's own split (per_seed)."""
+        return f"{self.split_options} --training-seed {seed}"
+
+    @property
+    def evaluate_options(self) -> str:
+        """`span evaluate`'s protocol flag: whether the seeds share one test set."""
+        return cli_options({"protocol": self.split_protocol}, SplitSettings)
 
     @property
     def exclusion_options(self) -> str:

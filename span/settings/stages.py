@@ -194,11 +194,26 @@ class ExclusionSettings:
 
 @dataclass(frozen=True)
 class SplitSettings:
-    """The train/validation/test protocol where the sheet has no split (`span split`)."""
+    """The train/validation/test protocol (`span split`; `protocol` also `span evaluate`)."""
 
-    seed: int = option(42, "seed of the patient draw", ge=0)
-    test_fraction: float = option(0.3333333333, "share of the patients in test", ge=0, lt=1)
-    val_fraction: float = option(0.15, "share of the other patients in validation", ge=0, lt=1)
+    protocol: Literal["fixed", "per_seed"] = option(
+        "fixed",
+        "fixed: one split for every training seed, the sheet's split column wins; per_seed: the "
+        "sheet's split ignored (pooled), a new split per training seed (the SPAN authors')",
+    )
+    seed: int = option(
+        42, "seed of the patient draw (per_seed: mixed with each training seed)", ge=0
+    )
+    test_fraction: float | None = option(
+        None, "share of the patients in test (null: fixed 1/3, per_seed 0.15)", ge=0, lt=1
+    )
+    val_fraction: float | None = option(
+        None,
+        "share of the other patients in validation (null: fixed 0.15, per_seed 0.15/0.85, "
+        "i.e. 15% of all)",
+        ge=0,
+        lt=1,
+    )
 
 
 @dataclass(frozen=True)

@@ -53,13 +53,15 @@ rule evaluate:
         runs=lambda w: PLAN.evaluation_runs(w.experiment),
         classes=config["classes"],
         cohort=config["cohort"],
+        # Whether the seeds share one test set (seed averages, DeLong) or each has its own.
+        protocol=PLAN.evaluate_options,
         labels=lambda w: PLAN.variant_labels(w.experiment),
         sweep=lambda w: f"--sweep {SWEEPS[w.experiment]}" if w.experiment in SWEEPS else "",
         out=lambda w: LAYOUT.experiment(w.experiment),
     shell:
         "python -m span --log {log} evaluate {params.runs} --experiment {wildcards.experiment}"
         " --cohort {params.cohort} --classes {params.classes} --labels {params.labels}"
-        " {params.sweep} --out {params.out}"
+        " {params.protocol} {params.sweep} --out {params.out}"
 
 
 rule sweep_plot:

@@ -1,5 +1,6 @@
-# Splits (one job per cohort) and training (one job per experiment x variant x seed). Outputs
-# are flagged update(): a re-run that fails leaves the previous result in place.
+# Splits (one job per cohort; splits.protocol per_seed: one per training seed) and training
+# (one job per experiment x variant x seed). Outputs are flagged update(): a re-run that fails
+# leaves the previous result in place.
 
 
 rule split:
@@ -29,13 +30,25 @@ rule split:
         " --features {input.features} {params.options} --out {output}"
 
 
+# splits.protocol per_seed: each training seed's own split (adding a seed splits only it).
+use rule split as split_per_seed with:
+    output:
+        update(LAYOUT.seed_splits()),
+    log:
+        LAYOUT.log("split_per_seed", "seed{seed}"),
+    benchmark:
+        LAYOUT.benchmark("split_per_seed", "seed{seed}")
+    params:
+        options=lambda w: PLAN.seed_split_options(w.seed),
+
+
 rule train:
     input:
         unpack(lambda w: PLAN.teacher_files(w.experiment, w.variant, w.seed)),
         # The features it reads come through the splits: the split job waits for (and re-runs
         # with) every labelled slide's features; listing 10,000 files here per training job
-        # made planning a large cohort slow.
-        splits=LAYOUT.splits,
+        # made planning a large cohort slow. The seed's own split under per_seed.
+        splits=lambda w: PLAN.splits_file(w.seed),
     output:
         checkpoint=update(LAYOUT.run(name=FILES.CHECKPOINT)),
         stats=update(LAYOUT.run(name=FILES.FEATURE_STATS)),
