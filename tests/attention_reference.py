@@ -43,12 +43,17 @@ def rope_reference(t: torch.Tensor, cells: torch.Tensor, theta: float) -> torch.
 
 
 def dense_reference(attn: SparseWindowAttention, x, tokens, grid, side, shift, position):
-    """Dense masked multi-head attention over N local + G global tokens."""
+    """Dense masked multi-head attention over N local + G global tokens (joint or separate
+    global attention, as the module)."""
     n, dim = x.shape
     g = 0 if tokens is None else len(tokens)
     h, dh = attn.heads, attn.head_dim
-    allx = x if tokens is None else torch.cat([x, tokens])
-    q, k, v = attn.qkv(attn.norm(allx)).view(n + g, 3, h, dh).unbind(1)
+    separate = tokens is not None and not attn.joint
+    if separate:  # the global tokens' own projection
+        rows = torch.cat([attn.qkv(attn.norm(x)), attn.global_qkv(attn.global_norm(tokens))])
+    else:
+        rows = attn.qkv(attn.norm(x if tokens is None else torch.cat([x, tokens])))
+    q, k, v = rows.view(n + g, 3, h, dh).unbind(1)
     q = q * dh**-0.5
     logits = torch.einsum("ihd,jhd->hij", q, k)  # global pairs: no position term
     if position == "rope":  # local pairs: rotated at absolute cells, far from 0
@@ -71,6 +76,12 @@ def dense_reference(attn: SparseWindowAttention, x, tokens, grid, side, shift, p
         distance = torch.sqrt((dx**2 + dy**2).float())
         logits[:, :n, :n] = logits[:, :n, :n] - slopes[:, None, None] * distance
     logits = logits.masked_fill(~allowed, float("-inf"))
-    out = torch.einsum("hij,jhd->ihd", logits.softmax(-1), v).reshape(n + g, dim)
+    if separate:  # local queries: window and global softmaxes apart, outputs summed
+        local = torch.einsum("hij,jhd->ihd", logits[:, :n, :n].softmax(-1), v[:n])
+        local = local + torch.einsum("hij,jhd->ihd", logits[:, :n, n:].softmax(-1), v[n:])
+        glob = torch.einsum("hij,jhd->ihd", logits[:, n:].softmax(-1), v)
+        out = torch.cat([local, glob]).reshape(n + g, dim)
+    else:
+        out = torch.einsum("hij,jhd->ihd", logits.softmax(-1), v).reshape(n + g, dim)
     out = attn.proj(out)
     return out[:n], (None if tokens is None else out[n:])

@@ -116,8 +116,14 @@ def test_each_model_and_hyperparameters_are_built_once():
 
 def test_encoder_and_names_checked_against_the_registry_and_the_experiments():
     assert resolve_encoder({"encoder": "resnet50", "layer": None, "weights": "imagenet"}) == (
-        "penultimate"
+        "layer3"
     )
+    v1 = {"encoder": "resnet50", "layer": "layer4", "weights": "imagenet:IMAGENET1K_V1"}
+    assert resolve_encoder(v1) == "layer4"
+    with pytest.raises(SpanError, match=r"features\.layer: resnet50 has no output 'penultimate' "):
+        resolve_encoder({"encoder": "resnet50", "layer": "penultimate", "weights": "imagenet"})
+    with pytest.raises(SpanError, match=r"resnet18 has no imagenet:IMAGENET1K_V2 weights"):
+        resolve_encoder({"encoder": "resnet18", "layer": None, "weights": "imagenet:IMAGENET1K_V2"})
     with pytest.raises(SpanError, match=r"features\.layer: uni has no output 'layer3'"):
         resolve_encoder({"encoder": "uni", "layer": "layer3", "weights": "hf-hub"})
     with pytest.raises(SpanError, match=r"features\.weights: uni has no imagenet weights"):
@@ -174,12 +180,6 @@ def test_split_plan_changes_with_what_the_split_reads_only():
         assert other != plan
 
 
-def test_layout_spells_every_path_once():
-    lay = Layout("c", "resnet50-layer3")
-    assert lay.patches("s") == "results/c/patches/s.h5"
-    assert lay.patches() == "results/c/patches/{slide}.h5"
-    assert lay.features("s") == "results/c/features/resnet50-layer3/s.h5"
-    assert lay.store("features") == "results/c/features/resnet50-layer3/.store"
 def test_the_per_seed_protocol_ignores_the_sheets_split_column_in_its_key():
     """per_seed pools the official splits: editing them re-splits nothing; under fixed they win,
     so editing them re-splits; the protocol itself is part of the key."""
@@ -211,6 +211,12 @@ def test_each_training_seed_reads_its_own_split_under_per_seed():
     assert per_seed.split_plan != fixed.split_plan
 
 
+def test_layout_spells_every_path_once():
+    lay = Layout("c", "resnet50-layer3")
+    assert lay.patches("s") == "results/c/patches/s.h5"
+    assert lay.patches() == "results/c/patches/{slide}.h5"
+    assert lay.features("s") == "results/c/features/resnet50-layer3/s.h5"
+    assert lay.store("features") == "results/c/features/resnet50-layer3/.store"
     assert lay.manifest("extract", "labelled-1") == (
         "results/c/features/resnet50-layer3/batches/extract/labelled-1.tsv"
     )
@@ -222,14 +228,14 @@ def test_each_training_seed_reads_its_own_split_under_per_seed():
     assert lay.log("train", "e/v/seed0") == "results/c/logs/train/e/v/seed0.log"
     assert lay.benchmark("train", "e/v/seed0") == "results/c/benchmarks/train/e/v/seed0.tsv"
     assert lay.benchmark("split") == "results/c/benchmarks/split.tsv"
+    assert lay.splits == "results/c/splits.tsv"
+    assert lay.seed_splits(2) == "results/c/splits/seed2.tsv"
 
 
 def demo_plan(**changes) -> WorkflowPlan:
     config = copy.deepcopy(CONFIG)
     for key, value in changes.items():
         config[key] = value
-    assert lay.splits == "results/c/splits.tsv"
-    assert lay.seed_splits(2) == "results/c/splits/seed2.tsv"
     sheet = {
         f"demo_{i:02d}": Sample(
             f"demo_{i:02d}", f"resources/demo/slides/demo_{i:02d}.tiff", "clumped"
@@ -244,7 +250,7 @@ def test_the_plan_of_the_demo_config():
     assert plan.run_experiments == ["main"] and plan.sweeps == {"window_sweep": "window_side"}
     targets = plan.targets()
     assert targets[0] == "results/demo/qc/summary.tsv"
-    assert "results/demo/features/resnet18-penultimate/demo_02.h5" in targets
+    assert "results/demo/features/resnet18-layer4/demo_02.h5" in targets
     assert "results/demo/main/report.md" in targets
     assert "results/demo/main/transmil/predictions.csv" in targets
     assert not any("window_sweep" in t for t in targets)
@@ -294,3 +300,47 @@ def test_the_longest_training_models_start_first():
     priority = {v: plan.priority("main", v) for v in plan.experiments["main"]}
     assert priority["transmil"] > priority["span"] > priority["abmil"] == priority["dtfd"]
     assert plan.priority("ablation", "baseline") < priority["span"]  # no heatmaps
+
+
+def test_recipes_start_a_variant_and_its_own_keys_win():
+    from span.plan.recipes import RECIPES
+
+    authors = RECIPES["authors"]
+    variants = parse_experiment(
+        "e",
+        [
+            {"model": "span"},
+            {"model": "span", "name": "a", "recipe": "authors"},
+            {"model": "span", "name": "b", "recipe": "authors", "hparams": {"center": True}},
+            {"model": "abmil", "recipe": "authors", "training": {"weight_decay": 0.0}},
+        ],
+    )
+    assert variants["span"].recipe == "default" and variants["span"].hparams == {}
+    assert variants["a"].hparams == authors.hparams["span"]
+    assert variants["a"].training == authors.training
+    assert variants["b"].hparams["center"] is True and variants["b"].hparams["head"] == "global"
+    # baselines keep their architecture and take the recipe's training
+    assert variants["abmil"].hparams == {}
+    assert variants["abmil"].training == {**authors.training, "weight_decay": 0.0}
+    # the config's recipe is every variant's unless it names its own
+    both = parse_experiment(
+        "e", [{"model": "span"}, {"model": "abmil", "recipe": "default"}], "authors"
+    )
+    assert both["span"].recipe == "authors" and both["abmil"].training == {}
+    with pytest.raises(SpanError, match=r"experiments\.e\.span\.recipe: unknown recipe 'paper'"):
+        parse_experiment("e", [{"model": "span", "recipe": "paper"}])
+
+
+def test_the_schema_knows_every_recipe_and_every_recipe_option_exists():
+    from span.models import build_model
+    from span.plan.experiments import training_overrides
+    from span.plan.recipes import RECIPES
+
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["recipe"]["enum"] == list(RECIPES)
+    item = schema["properties"]["experiments"]["additionalProperties"]["items"]
+    assert item["properties"]["recipe"]["enum"] == list(RECIPES)
+    for recipe in RECIPES.values():
+        training_overrides(f"recipe {recipe.name}", recipe.training)  # names, types, bounds
+        for model, hparams in recipe.hparams.items():
+            build_model(model, 64, 2, **hparams)  # every argument exists and is accepted

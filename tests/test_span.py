@@ -167,6 +167,14 @@ CONFIGS = {
     "no shift": {"shift": False},
     "full conv": {"depthwise_conv": False, "conv_bias": True},
     "window 2": {"window_side": 2},
+    "centred, no global token": {"global_tokens": 0, "center": True},
+    "the authors'": {
+        "global_attention": "separate",
+        "head": "global",
+        "center": False,
+        "conv_init": "random",
+        "embed_bias": False,
+    },
 }
 
 
@@ -302,3 +310,40 @@ def test_attention_dropout_is_reproducible_and_differentiable():
     assert not torch.allclose(attn(x, tokens, grid, layout)[0], a[0])
     attn.train()
     assert torch.autograd.gradcheck(run, (x, tokens), eps=1e-6, atol=1e-5)
+
+
+def test_centred_span_sees_the_slide_mean_with_or_without_global_tokens():
+    """A per-slide offset of every feature (stain, scanner) changes the logits: centring moves
+    the mean to the global tokens, or without them to the head, and never removes it."""
+    x, grid = make_slide(100)
+    offset = 0.5 * torch.randn(64, generator=torch.Generator().manual_seed(5))
+    for tokens in (1, 0):
+        torch.manual_seed(0)
+        model = SPAN(64, 2, embed_dim=32, heads=4, global_tokens=tokens).eval()
+        with torch.no_grad():
+            moved = (model(x + offset, grid).logits - model(x, grid).logits).abs().max()
+        assert moved > 1e-3, tokens
+
+
+def test_separate_global_attention_gives_every_patch_the_one_global_value():
+    """The authors' attention: with one global token, each local query's separate softmax over
+    it is 1, so every patch receives the same global value, whatever its query."""
+    torch.manual_seed(0)
+    attn = SparseWindowAttention(8, 2, 4, global_attention="separate").double().eval()
+    grid = random_grid(30, 8, 1)
+    x = torch.randn(len(grid), 8, dtype=torch.float64)
+    token = torch.randn(1, 8, dtype=torch.float64)
+    qkv = attn.project(x)
+    gqkv = attn.split_heads(attn.project(token, tokens=True))
+    added = attn._separate_global_values(qkv, gqkv, 0.0)
+    torch.testing.assert_close(added, gqkv[2].transpose(0, 1).reshape(1, -1).expand_as(added))
+    assert set(attn.state_dict()) >= {"global_qkv.weight", "global_norm.weight"}
+    with pytest.raises(ValueError, match="global_attention"):
+        SparseWindowAttention(8, 2, 4, global_attention="shared")
+
+
+def test_embedding_width_follows_the_ratio():
+    assert SPAN(1024, 2, embed_ratio=0.5).embed.out_features == 512  # the authors' in/2
+    assert SPAN(1024, 2, embed_ratio=0.5, embed_bias=False).embed.bias is None
+    with pytest.raises(ValueError, match="embed_ratio"):
+        SPAN(1024, 2, embed_ratio=0)

@@ -31,15 +31,21 @@ def assert_all_close(got, want, tol: float = 1e-10) -> None:
         torch.testing.assert_close(g, w, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("position", ["rpb", "rope"])
-def test_attention_in_many_chunks_equals_the_dense_reference(monkeypatch, position):
+@pytest.mark.parametrize(
+    ("position", "global_attention"), [("rpb", "joint"), ("rope", "joint"), ("rpb", "separate")]
+)
+def test_attention_in_many_chunks_equals_the_dense_reference(
+    monkeypatch, position, global_attention
+):
     """3 windows per chunk, so the buffers shared by all chunks are reused by a shorter last
     chunk; outputs of local and global tokens and all gradients as the dense reference."""
     side, dim, heads = 4, 16, 2
     monkeypatch.setattr(window_attention, "CHUNK_ELEMENTS", 3 * heads * side**4)
     torch.manual_seed(3)
     grid = random_grid(90, 14, 6, offset=1)
-    attn = SparseWindowAttention(dim, heads, side, position).double()
+    attn = SparseWindowAttention(
+        dim, heads, side, position, global_attention=global_attention
+    ).double()
     layout = window_layout(grid, side)
     assert layout.regular.num_windows % 3 and layout.regular.num_windows > 6
     x = torch.randn(len(grid), dim, dtype=torch.float64, requires_grad=True)

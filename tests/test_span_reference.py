@@ -11,8 +11,12 @@ the index helpers of `span.models.sparse`):
 - one pre-norm layer per stage: each local query takes ONE softmax over its neighbourhood plus
   the global tokens (position term on local-local pairs only), each global query over all local
   and global tokens; residual; pre-norm feed-forward; residual; for local and global tokens;
+  with `global_attention="separate"` (the authors' code) the global tokens have their own
+  LayerNorm and q/k/v, and a local query's softmax over its neighbourhood and its softmax over
+  the global keys are computed apart and their outputs summed;
 - centring (`center`): the slide's mean feature is subtracted from every patch and added to
-  the global tokens' seed;
+  the global tokens' seed (without global tokens: projected by `mean_embed` and added to the
+  pooled embedding);
 - global tokens: global_embed(seed) before the first stage, carried to the next stage through
   that stage's token LayerNorm;
 - heads: gated attention pooling of the last stage, or the sum over stages of the global tokens
@@ -164,31 +168,45 @@ def rope(t: torch.Tensor, cells: list) -> torch.Tensor:
     return out
 
 
-def qkv_heads(sd: dict, prefix: str, cfg: dict, x: torch.Tensor):
-    """Per head: (queries * dh^-1/2, keys, values) of pre-normed rows."""
+def qkv_heads(sd: dict, prefix: str, cfg: dict, x: torch.Tensor, tokens: bool = False):
+    """Per head: (queries * dh^-1/2, keys, values) of pre-normed rows (`tokens`: global tokens,
+    with their own projection under separate global attention)."""
     dim, heads = x.shape[1], cfg["heads"]
     dh = dim // heads
-    qkv = linear(sd, f"{prefix}.attn.qkv", layer_norm(sd, f"{prefix}.attn.norm", x))
+    own = "global_" if tokens and cfg.get("global_attention") == "separate" else ""
+    qkv = linear(sd, f"{prefix}.attn.{own}qkv", layer_norm(sd, f"{prefix}.attn.{own}norm", x))
     q, k, v = qkv[:, :dim] * dh**-0.5, qkv[:, dim : 2 * dim], qkv[:, 2 * dim :]
     cols = [slice(h * dh, (h + 1) * dh) for h in range(heads)]  # head h: columns h*dh..
     return [(q[:, c], k[:, c], v[:, c]) for c in cols]
 
 
 def attention(sd: dict, prefix: str, cfg: dict, x, tokens, cells):
-    """Multi-head attention of N local + G global rows, one dense masked softmax per head."""
+    """Multi-head attention of N local + G global rows, one dense masked softmax per head (two
+    for local queries under separate global attention)."""
     n = len(x)
     g = 0 if tokens is None else len(tokens)
-    rows = x if tokens is None else torch.cat([x, tokens])
+    separate = g and cfg.get("global_attention") == "separate"
     allowed = torch.ones(n + g, n + g, dtype=torch.bool)
     allowed[:n, :n] = neighbourhoods(cells, cfg["window_side"], cfg["shift"])
+    heads = qkv_heads(sd, prefix, cfg, x)
+    if g:
+        token_heads = qkv_heads(sd, prefix, cfg, tokens, tokens=True)
+        heads = [
+            tuple(torch.cat([a, b]) for a, b in zip(local, glob, strict=True))
+            for local, glob in zip(heads, token_heads, strict=True)
+        ]
     outputs = []
-    for h, (q, k, v) in enumerate(qkv_heads(sd, prefix, cfg, rows)):
+    for h, (q, k, v) in enumerate(heads):
         logits = q @ k.T  # global queries and global keys: no position term
         if cfg["position"] == "rope":
             logits[:n, :n] = rope(q[:n], cells) @ rope(k[:n], cells).T
         logits[:n, :n] = logits[:n, :n] + position_bias(sd, prefix, cfg, cells, h)
         logits = logits.masked_fill(~allowed, float("-inf"))
-        outputs.append(softmax(logits) @ v)
+        if separate:
+            local = softmax(logits[:n, :n]) @ v[:n] + softmax(logits[:n, n:]) @ v[n:]
+            outputs.append(torch.cat([local, softmax(logits[n:]) @ v]))
+        else:
+            outputs.append(softmax(logits) @ v)
     out = linear(sd, f"{prefix}.attn.proj", torch.cat(outputs, dim=1))
     return out[:n], (None if tokens is None else out[n:])
 
@@ -210,7 +228,7 @@ def reference_forward(cfg: dict, sd: dict, features: torch.Tensor, grid: torch.T
     """logits, embedding and patch_scores of SPAN(**cfg) with state dict `sd`, in float64."""
     sd = {k: v.detach().double() for k, v in sd.items()}
     cells = [tuple(c) for c in grid.tolist()]
-    features, seed = features.double(), sd.get("global_seed")
+    features, seed, mean = features.double(), sd.get("global_seed"), None
     if cfg["center"]:
         mean = features.sum(0) / len(features)
         features = features - mean
@@ -237,12 +255,15 @@ def reference_forward(cfg: dict, sd: dict, features: torch.Tensor, grid: torch.T
         a = a * torch.sigmoid(linear(sd, "pool.scores.gate.0", h))
         weights = softmax(linear(sd, "pool.scores.score", a)[:, 0])
         embedding = weights @ h
+        if cfg["center"] and not cfg["global_tokens"]:
+            embedding = embedding + linear(sd, "mean_embed", mean)
     else:
         embedding = layer_norm(sd, "head_norm", sum(stage_tokens).mean(0))
         # Heatmap: how much the global tokens look at each last-stage token, with the last
         # layer's projections, averaged over heads and tokens.
         last = f"layers.{cfg['stages'] - 1}"
-        local, glob = qkv_heads(sd, last, cfg, x), qkv_heads(sd, last, cfg, tokens)
+        local = qkv_heads(sd, last, cfg, x)
+        glob = qkv_heads(sd, last, cfg, tokens, tokens=True)
         per_head = [softmax(gq @ k.T) for (gq, _, _), (_, k, _) in zip(glob, local, strict=True)]
         weights = torch.stack(per_head).mean(dim=(0, 1))
     return {
@@ -300,6 +321,12 @@ CASES = {
     "dense grid, rpb w2 G0 no shift": case(60, 8, 4, window_side=2, global_tokens=0, shift=False),
     "centred, w4 G2": case(50, 10, 3, center=True, global_tokens=2),
     "centred, no global token, global head off": case(40, 9, 2, center=True, global_tokens=0),
+    "separate global attention G1 global-head (the authors')": case(
+        45, 9, 3, global_attention="separate", head="global"
+    ),
+    "separate global attention G2, rope, no embedding bias": case(
+        40, 8, 1, global_attention="separate", global_tokens=2, position="rope", embed_bias=False
+    ),
 }
 
 

@@ -221,3 +221,49 @@ def test_standardisation_uses_training_statistics(tmp_path):
     train_abmil(splits, features, config, tmp_path / "run")
     saved = FeatureStats.load(tmp_path / "run" / "feature_stats.pt")
     torch.testing.assert_close(saved.mean, stats.mean)
+
+
+def test_augmentation_in_training_steps_only(tmp_path, monkeypatch):
+    """Every training step sees an augmented grid (flips, translation) and every validation
+    or test forward pass the slide's own: predictions are deterministic."""
+    from span.models.span import SPAN
+
+    splits, features = write_cohort(tmp_path, 12)
+    stored = {
+        read_feature_file(p).grid.astype(np.int64).tobytes() for p in sorted(features.glob("*.h5"))
+    }
+    seen = {True: [], False: []}
+    forward = SPAN.forward
+
+    def spy(self, feats, grid):
+        seen[self.training].append(grid.cpu().numpy().astype(np.int64).tobytes())
+        return forward(self, feats, grid)
+
+    monkeypatch.setattr(SPAN, "forward", spy)
+    config = TrainConfig(epochs=2, patience=2, seed=0)
+    job = TrainingJob(splits, features, ["normal", "tumor"], "span", tmp_path / "run", config)
+    run_training(replace(job, hparams=SMALL_SPAN, device="cpu"))
+    assert seen[False] and all(g in stored for g in seen[False])
+    moved = sum(g not in stored for g in seen[True])
+    assert moved >= 0.75 * len(seen[True])
+
+    # `span predict` with the run's checkpoint: the slides' own grids again, and the test
+    # slides' probabilities as training wrote them
+    from span.inference.predict import PredictionJob, run_prediction
+
+    seen[False].clear()
+    sheet = tmp_path / "samples.tsv"
+    ids = sorted(p.stem for p in features.glob("*.h5"))
+    sheet.write_text("slide_id\tpath\tlabel\n" + "".join(f"{i}\t/nowhere/{i}.svs\t\n" for i in ids))
+    out = tmp_path / "predictions.csv"
+    run_prediction(
+        PredictionJob(
+            sheet, ["normal", "tumor"], features, "span", [tmp_path / "run"], out, SMALL_SPAN
+        )
+    )
+    assert len(seen[False]) == len(ids) and all(g in stored for g in seen[False])
+    with (tmp_path / "run" / "test_predictions.csv").open() as f:
+        tested = {r["slide_id"]: float(r["prob_tumor"]) for r in csv.DictReader(f)}
+    with out.open() as f:
+        predicted = {r["slide_id"]: float(r["prob_tumor"]) for r in csv.DictReader(f)}
+    assert tested and all(abs(predicted[k] - v) < 1e-5 for k, v in tested.items())

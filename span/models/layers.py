@@ -270,7 +270,10 @@ class _CenteredLinear(torch.autograd.Function):
         ctx.save_for_backward(x, center, weight)
         out = x.new_empty((len(x), len(weight)))
         for rows, centered in _centered_chunks(x, center):
-            torch.addmm(bias, centered, weight.T, out=out[rows])
+            if bias is None:
+                torch.mm(centered, weight.T, out=out[rows])
+            else:
+                torch.addmm(bias, centered, weight.T, out=out[rows])
         return out
 
     @staticmethod

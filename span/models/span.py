@@ -1,19 +1,19 @@
 """SPAN: sparse pyramid attention network (Wu et al.), pure PyTorch, CPU and CUDA.
 
-Input features are embedded by a 1x1 convolution (a Linear, D = in_dim / 4 by default, at
-least `MIN_EMBED_DIM`), then `stages` stages each run one pre-norm transformer layer of sparse
-window attention (regular + shifted windows + global tokens), with a sparse 2x2 stride-2
-convolution before every stage but the first. The head pools the last stage by gated
-attention (or aggregates the global tokens). Every switch of the paper's ablations is a
-constructor argument.
+Input features are embedded by a 1x1 convolution (a Linear, D = in_dim x `embed_ratio`, 1/4 by
+default as in the paper, at least `MIN_EMBED_DIM`; the authors' code: 1/2 without bias), then
+`stages` stages each run one pre-norm transformer layer of sparse window attention (regular +
+shifted windows + global tokens), with a sparse 2x2 stride-2 convolution before every stage but
+the first. The head pools the last stage by gated attention (or aggregates the global tokens).
+Every switch of the paper's ablations is a constructor argument.
 
-With `center` (the default) the patches enter as their deviation from the slide's mean
-feature, and the mean itself enters through the global tokens' initial state: every patch of
-a slide carries the same stain/scanner offset, and a model that sees it in every token tells
-its training slides apart by it long before it learns anything else (measured on the spatial
-benchmark: docs/benchmarks.md). What the whole slide looks like stays available
-through the global tokens, which every patch attends to; without global tokens a centred
-SPAN sees only how patches differ within their slide.
+With `center` (the default) the patches enter as their deviation from the slide's mean feature,
+and the mean itself enters through the global tokens' initial state: every patch of a slide
+carries the same stain/scanner offset, and a model that sees it in every token tells its
+training slides apart by it long before it learns anything else (measured on the spatial
+benchmark: docs/benchmarks.md). What the whole slide looks like stays available through the
+global tokens, which every patch attends to; without global tokens it enters the head
+(`mean_embed`), so that the no-global-token ablation removes only the tokens.
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ class SpanLayer(nn.Module):
         attn_dropout: float,
         position: str,
         rope_theta: float,
+        global_attention: str,
     ) -> None:
         super().__init__()
         self.attn = SparseWindowAttention(
-            dim, heads, side, position, rope_theta, attn_dropout, dropout
+            dim, heads, side, position, rope_theta, attn_dropout, dropout, global_attention
         )
         self.norm = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, int(dim * ffn_ratio), dropout)
@@ -78,11 +79,14 @@ class SPAN(MILModel):
         in_dim: int,
         n_classes: int,
         embed_dim: int | None = None,
+        embed_ratio: float = 0.25,
+        embed_bias: bool = True,
         heads: int = 8,
         stages: int = 3,
         window_side: int = 6,
         shift: bool = True,
         global_tokens: int = 1,
+        global_attention: str = "joint",
         center: bool = True,
         downsample: bool = True,
         depthwise_conv: bool = True,
@@ -97,7 +101,9 @@ class SPAN(MILModel):
         grad_clip: float | None = None,
     ) -> None:
         super().__init__(grad_clip)
-        dim = embed_dim or max(in_dim // 4, MIN_EMBED_DIM)
+        if not 0 < embed_ratio <= 4:
+            raise ValueError(f"embed_ratio must be in (0, 4], got {embed_ratio}")
+        dim = embed_dim or max(int(in_dim * embed_ratio), MIN_EMBED_DIM)
         if head not in ("attention", "global"):
             raise ValueError(f"head must be 'attention' or 'global', got {head!r}")
         if head == "global" and global_tokens < 1:
@@ -111,7 +117,10 @@ class SPAN(MILModel):
             head,
         )
         self.center = center
-        self.embed = nn.Linear(in_dim, dim)  # the paper's 1x1 convolution
+        self.embed = nn.Linear(in_dim, dim, bias=embed_bias)  # the paper's 1x1 convolution
+        # Centred without global tokens, the slide's mean reaches the head through its own
+        # projection: removing global tokens must not also remove what the whole slide looks like.
+        self.mean_embed = nn.Linear(in_dim, dim) if center and not global_tokens else None
         # Global tokens live in input space with their own projection, as in the authors' code.
         self.global_seed = (
             nn.Parameter(torch.randn(global_tokens, in_dim) * 1e-4) if global_tokens else None
@@ -127,6 +136,7 @@ class SPAN(MILModel):
                 attn_dropout,
                 position,
                 rope_theta,
+                global_attention,
             )
             for _ in range(stages)
         )
@@ -155,7 +165,8 @@ class SPAN(MILModel):
     def _init(module: nn.Module) -> None:
         if isinstance(module, nn.Linear):
             nn.init.trunc_normal_(module.weight, std=0.02)
-            nn.init.zeros_(module.bias)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
 
     def stage_grids(self, grid: torch.Tensor) -> list:
         """Per stage: (grid, downsampling into it or None). Index work only, no features."""
@@ -176,7 +187,7 @@ class SPAN(MILModel):
                 f"{tuple(features.shape)} and {tuple(grid.shape)}"
             )
         plan = self.stage_grids(grid.to(features.device))
-        seed = self.global_seed
+        seed, mean = self.global_seed, None
         if self.center:
             mean = features.mean(dim=0, keepdim=True)
             x = centered_linear(self.embed, features, mean)
@@ -198,6 +209,8 @@ class SPAN(MILModel):
                 stage_tokens.append(tokens)
         if self.pool is not None:
             embedding, weights = self.pool(self.head_norm(x))
+            if self.mean_embed is not None:
+                embedding = embedding + self.mean_embed(mean)[0]
         else:
             embedding = self.head_norm(torch.stack(stage_tokens).sum(0).mean(0))
             weights = self._global_attention(x, tokens)
@@ -209,6 +222,6 @@ class SPAN(MILModel):
         attn = self.layers[-1].attn
         with torch.no_grad():
             k = attn.split_heads(attn.project(x))[1]
-            gq = attn.split_heads(attn.project(tokens))[0]
+            gq = attn.split_heads(attn.project(tokens, tokens=True))[0]
             logits = gq @ k.transpose(-1, -2)  # (H, G, N); queries come pre-scaled
             return logits.softmax(dim=-1).mean(dim=(0, 1))

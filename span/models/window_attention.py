@@ -1,8 +1,9 @@
 """Sparse window attention with shifted windows and global tokens (SPAN's transformer layer).
 
 Each token attends, in ONE softmax, to the union of its regular and its shifted window
-(deduplicated, itself included) and to the global tokens; each global token attends to all
-tokens and to the global tokens.
+(deduplicated, itself included) and to the global tokens (or, with `global_attention=
+"separate"`, the authors' variant, in a second softmax over the global tokens alone); each
+global token attends to all tokens and to the global tokens.
 
 Both directions run in one fused, memory-efficient kernel written in plain PyTorch. Queries,
 keys and values stay token-major, (N, 3 D) as the projection writes them, and so do the
@@ -96,6 +97,7 @@ class _Setup:
     partitions: list[_Partition]
     p: float  # attention dropout (0 in eval mode)
     seed: int  # of the dropout masks, drawn again in the backward pass
+    joint: bool = True  # local queries: one softmax over window and global keys (else windows)
 
     @property
     def rescale(self) -> float:
@@ -290,7 +292,7 @@ def _local_forward(qkv, gqkv, bias, cells, setup: _Setup):
         part_stats = windows.forward(part)
         stats = part_stats if stats is None else _merge_into(stats, *part_stats)
     stats = tuple(t[:n] for t in stats)
-    if gqkv is not None:
+    if gqkv is not None and setup.joint:
         e = _global_key_logits(qkv, gqkv)
         top = e.amax(dim=-1)
         total = e.sub_(top[..., None]).exp_().sum(-1)
@@ -319,7 +321,7 @@ def _local_backward(qkv, gqkv, bias, cells, out, lse, d_out, setup: _Setup, d_qk
         d_qkv.mul_(rescale)
         if d_bias is not None:
             d_bias.mul_(rescale)
-    if gqkv is not None:
+    if gqkv is not None and setup.joint:
         _global_key_backward(qkv, gqkv, d_out, lse[:, :n].t(), delta, setup, d_qkv, d_gqkv)
     return d_bias
 
@@ -421,6 +423,13 @@ class _WindowAttention(torch.autograd.Function):
         return d_qkv, d_gqkv, d_bias, None, None
 
 
+#: How local queries weigh the global tokens: "joint" = in the one softmax of their window
+#: keys (this project's default); "separate" = the SPAN authors' released code: a second softmax
+#: over the global keys alone, its output added to the window attention's (one global token
+#: then reaches every patch with weight 1), and global tokens with their own q/k/v projection.
+GLOBAL_ATTENTION = ("joint", "separate")
+
+
 class SparseWindowAttention(nn.Module):
     """Pre-norm multi-head attention over window neighbourhoods plus global tokens."""
 
@@ -433,27 +442,43 @@ class SparseWindowAttention(nn.Module):
         rope_theta: float = 10000.0,
         attn_dropout: float = 0.0,
         proj_dropout: float = 0.0,
+        global_attention: str = "joint",
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"embedding dim {dim} is not divisible by {heads} heads")
+        if global_attention not in GLOBAL_ATTENTION:
+            raise ValueError(
+                f"global_attention must be one of {GLOBAL_ATTENTION}, got {global_attention!r}"
+            )
         self.heads, self.head_dim, self.side = heads, dim // heads, side
         self.scale = self.head_dim**-0.5
         self.norm = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
+        self.joint = global_attention == "joint"
+        if not self.joint:  # the global tokens' own projection
+            self.global_norm = nn.LayerNorm(dim)
+            self.global_qkv = nn.Linear(dim, 3 * dim)
         self.proj = DropoutLinear(dim, dim, proj_dropout)
         self.attn_dropout = attn_dropout
         self.position = position_encoding(position, heads, side, self.head_dim, rope_theta)
 
-    def project(self, x: torch.Tensor) -> torch.Tensor:
+    def project(self, x: torch.Tensor, tokens: bool = False) -> torch.Tensor:
         """(N, D) residual stream -> token-major (N, 3 D) queries (already multiplied by
-        1 / sqrt(dh)), keys and values."""
+        1 / sqrt(dh)), keys and values; `tokens`: of global tokens (their own projection
+        under separate global attention)."""
+        norm, qkv = (
+            (self.global_norm, self.global_qkv)
+            if tokens and not self.joint
+            else (
+                self.norm,
+                self.qkv,
+            )
+        )
         # Scaling the query rows of the weights avoids a pass over q or over the logits.
         dim = self.heads * self.head_dim
-        weight, bias = (
-            torch.cat([t[:dim] * self.scale, t[dim:]]) for t in (self.qkv.weight, self.qkv.bias)
-        )
-        return F.linear(self.norm(x), weight, bias)
+        weight, bias = (torch.cat([t[:dim] * self.scale, t[dim:]]) for t in (qkv.weight, qkv.bias))
+        return F.linear(norm(x), weight, bias)
 
     def split_heads(self, qkv: torch.Tensor) -> torch.Tensor:
         """(N, 3 D) from `project` -> (3, H, N, dh) view of q, k and v per head."""
@@ -472,11 +497,23 @@ class SparseWindowAttention(nn.Module):
         if layout.shifted is not None:
             shifted = _Partition(layout.shifted, layout.duplicate, self.heads, 1, qkv.dtype)
             partitions.append(shifted)
-        gqkv = None if tokens is None else self.split_heads(self.project(tokens))
+        gqkv = None if tokens is None else self.split_heads(self.project(tokens, tokens=True))
         cells = (grid - grid.min(dim=0).values).float() if self.position.rotates else None
         p = self.attn_dropout if self.training else 0.0
         seed = int(torch.randint(0, 2**62, (1,))) if p > 0 else 0
-        setup = _Setup(self.heads, self.position, partitions, p, seed)
+        setup = _Setup(self.heads, self.position, partitions, p, seed, self.joint)
         bias = self.position.block_bias()
         out, g_out = _WindowAttention.apply(qkv, gqkv, bias, cells, setup)
+        if gqkv is not None and not self.joint:
+            out = out + self._separate_global_values(qkv, gqkv, p)
         return self.proj(out), (None if g_out is None else self.proj(g_out))
+
+    def _separate_global_values(
+        self, qkv: torch.Tensor, gqkv: torch.Tensor, p: float
+    ) -> torch.Tensor:
+        """(N, D): each local query's own softmax over the global keys, times their values (G
+        is small: plain autograd)."""
+        q = qkv[:, : self.heads * self.head_dim].view(len(qkv), self.heads, self.head_dim)
+        weights = torch.einsum("nhd,hgd->nhg", q, gqkv[1]).softmax(dim=-1)
+        weights = F.dropout(weights, p, training=p > 0)
+        return torch.einsum("nhg,hgd->nhd", weights, gqkv[2]).reshape(len(qkv), -1)

@@ -1,10 +1,11 @@
 """Experiments: the config's lists of model variants, checked whole before any job runs.
 
-A variant is a registered model with hyperparameters, training overrides and optionally a
-teacher (MHIM). Everything that can be checked without torch is checked here: the model, the
-variant's name, its training overrides (each a `span train` option that changes results, with
-its type and bounds), its teacher; `span check` builds every variant's model (on PyTorch's
-meta device) for its hyperparameters. Standard library only: the Snakefile imports it.
+A variant is a registered model with a recipe (span/plan/recipes.py), hyperparameters and
+training overrides over it, and optionally a teacher (MHIM). Everything that can be checked
+without torch is checked here: the model, the variant's name, its training overrides (each a
+`span train` option that changes results, with its type and bounds), its teacher; `span check`
+builds every variant's model (on PyTorch's meta device) for its hyperparameters. Standard
+library only: the Snakefile imports it.
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from dataclasses import dataclass, field
 
 from span.errors import SpanError
 from span.models.registry import MODELS
+from span.plan.recipes import RECIPES
 from span.settings.options import declared
 from span.settings.stages import TrainSettings
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One row of an experiment: `model` trained with `hparams` and `training` overrides."""
+    """One row of an experiment: `model` trained with `hparams` and `training` overrides
+    (its recipe's, then its own)."""
 
     name: str
     model: str
@@ -29,6 +32,7 @@ class Variant:
     hparams: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     teacher: str | None = None
+    recipe: str = "default"
 
 
 def _invalid(where: str, problem: str, fix: str) -> SpanError:
@@ -60,8 +64,11 @@ def training_overrides(where: str, overrides: Mapping) -> dict:
     return dict(overrides)
 
 
-def parse_experiment(name: str, entries: Sequence[Mapping]) -> dict[str, Variant]:
-    """An experiment's variants by name, in config order (the first is the reference)."""
+def parse_experiment(
+    name: str, entries: Sequence[Mapping], recipe: str = "default"
+) -> dict[str, Variant]:
+    """An experiment's variants by name, in config order (the first is the reference);
+    `recipe` is the config's, which a variant's own `recipe` replaces."""
     variants: dict[str, Variant] = {}
     for entry in entries:
         entry = dict(entry)
@@ -75,13 +82,21 @@ def parse_experiment(name: str, entries: Sequence[Mapping]) -> dict[str, Variant
         hparams = entry.get("hparams") or {}
         if not isinstance(hparams, Mapping):
             raise _invalid(f"{where}.hparams", f"{hparams!r} is not a mapping", "use {key: value}")
+        own_recipe = entry.get("recipe") or recipe
+        if own_recipe not in RECIPES:
+            known = ", ".join(RECIPES)
+            raise _invalid(f"{where}.recipe", f"unknown recipe {own_recipe!r}", f"use {known}")
+        hparams, training = RECIPES[own_recipe].apply(
+            model, hparams, training_overrides(f"{where}.training", entry.get("training") or {})
+        )
         variants[vname] = Variant(
             name=vname,
             model=model,
             label=entry.get("label") or "",
-            hparams=dict(hparams),
-            training=training_overrides(f"{where}.training", entry.get("training") or {}),
+            hparams=hparams,
+            training=training,
             teacher=entry.get("teacher"),
+            recipe=own_recipe,
         )
     for v in variants.values():
         if v.teacher and v.teacher not in variants:
@@ -94,10 +109,10 @@ def parse_experiment(name: str, entries: Sequence[Mapping]) -> dict[str, Variant
 
 
 def parse_experiments(
-    experiments: Mapping[str, Sequence[Mapping]],
+    experiments: Mapping[str, Sequence[Mapping]], recipe: str = "default"
 ) -> dict[str, dict[str, Variant]]:
-    """Every experiment of the config, checked."""
-    return {name: parse_experiment(name, entries) for name, entries in experiments.items()}
+    """Every experiment of the config, checked; `recipe` is the config's."""
+    return {name: parse_experiment(name, entries, recipe) for name, entries in experiments.items()}
 
 
 def sweep_parameter(variants: Mapping[str, Variant]) -> str | None:

@@ -62,7 +62,7 @@ class WorkflowPlan:
         in `features.layer` when null (the encoder's published output)."""
         config["features"]["layer"] = resolve_encoder(config["features"])
         features = config["features"]
-        experiments = parse_experiments(config["experiments"])
+        experiments = parse_experiments(config["experiments"], config["recipe"])
         return cls(
             config=config,
             cohort=Cohort(samples, config["demo"]["generate"], config["jobs"]["slides_per_job"]),

@@ -13,6 +13,7 @@ import logging
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -154,8 +155,8 @@ def train_model(
     order = torch.Generator().manual_seed(config.seed)
     augment_rng = torch.Generator().manual_seed(config.seed + 1)
 
-    def augment(features: torch.Tensor, grid: torch.Tensor):
-        return config.augment(features, grid, augment_rng)
+    def augment(features: torch.Tensor, grid: torch.Tensor, progress: float):
+        return config.augment(features, grid, augment_rng, progress)
 
     labels = torch.tensor([b.label for b in train_bags], device=device)
     val_labels = np.array([b.label for b in val_bags])
@@ -170,7 +171,8 @@ def train_model(
         model.train()
         loss_sum = torch.zeros((), device=device)
         permutation = torch.randperm(len(train_bags), generator=order).tolist()
-        transform = augment if config.augment.active else None
+        start = (epoch - 1) / config.epochs  # the affine strength is the epoch's
+        transform = partial(augment, progress=start) if config.augment.active else None
         for step, (index, features, grid) in enumerate(feeder(train_bags, permutation, transform)):
             progress = (epoch - 1 + step / len(train_bags)) / config.epochs
             loss = model.loss(model(features, grid), labels[index], progress)
