@@ -455,6 +455,25 @@ def test_variant_training_overrides_reach_its_jobs_only(tmp_path):
     assert "experiments.aug.augmented.training: no option flip" in res.stdout
 
 
+def test_a_recipe_reaches_its_variants_jobs(tmp_path):
+    """`recipe: authors` on one variant: its train and predict jobs get the recipe's training
+    flags and SPAN arguments, the other variant keeps the defaults."""
+    shutil.copytree(REPO / "config", tmp_path / "config")
+    experiment = [{"model": "span"}, {"model": "span", "name": "theirs", "recipe": "authors"}]
+    config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    config.update(experiments={"r": experiment}, run_experiments=["r"], seeds=[0])
+    res = snakemake(tmp_path, "-n", "-p", "--forceall", config=config)
+    commands = [line for line in res.stdout.splitlines() if " train --splits" in line]
+    assert res.returncode == 0 and len(commands) == 2, res.stdout[-3000:]
+    ours, theirs = sorted(commands, key=lambda c: "--variant theirs" in c)
+    for flag in ("--affine", "--no-flips", "--translate 0", "--class-weighted", "--cosine"):
+        assert flag in theirs and flag not in ours, flag
+    assert "--weight-decay 0.0001" in theirs and '"global_attention": "separate"' in theirs
+    assert '"global_attention"' not in ours
+    predicts = [line for line in res.stdout.splitlines() if " predict " in line]
+    assert any('"global_attention": "separate"' in line for line in predicts)
+
+
 def test_per_seed_splits_give_each_training_seed_its_own_split(tmp_path):
     """splits.protocol per_seed: one split job per training seed (its seed passed), seed k's
     training jobs read seed k's file, no cohort-wide splits.tsv, and evaluation is told that
