@@ -40,7 +40,7 @@ from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic.tissue import render_tissue
 
 REPO = Path(__file__).resolve().parents[1]
-LAYOUT = Layout("bench", "resnet18-penultimate")
+LAYOUT = Layout("bench", "resnet18-layer4")
 GOAL = 0.3  # fixed seconds per slide, batched
 STAGES = {  # stage -> the rules of its jobs (the link_* rules have no benchmark record)
     "patching": ("patch",),
@@ -74,7 +74,7 @@ def config(sheet: Path, per_job: int) -> dict:
         "classes": ["normal", "tumor"],
         "demo": {"generate": False},
         "jobs": {"slides_per_job": per_job},
-        "features": {"encoder": "resnet18", "layer": "penultimate", "weights": "random"},
+        "features": {"encoder": "resnet18", "layer": "layer4", "weights": "random"},
         "seeds": [0],
         "training": {"epochs": 2, "patience": 2},
         "experiments": {"bench": [{"model": "abmil"}]},

@@ -134,7 +134,7 @@ def main() -> None:
     print(f"{'workflow (make demo)':32s} {workflow / 60:6.1f} min")
     total = install + workflow
     print(f"{'total':32s} {total / 60:6.1f} min = {int(total // 60)} min {total % 60:.0f} s")
-    demo = files.Layout("demo", "resnet18-penultimate")
+    demo = files.Layout("demo", "resnet18-layer4")
     print(main_table(clone / demo.experiment("main", files.REPORT_MD)))
     print("test AUC per seed:")
     print(auc_per_seed(clone / demo.experiment("main", files.RESULTS_PER_SEED_CSV)))

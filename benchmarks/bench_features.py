@@ -88,11 +88,11 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    encoder = build_encoder("resnet50", "penultimate", "random")
+    encoder = build_encoder("resnet50", "layer4", "random")
     small, large = args.patches
     print(
         f"device {device}, torch threads {torch.get_num_threads()}, batch {args.batch_size}, "
-        f"runs of {small} and {large} patches, ResNet50 penultimate (random weights)"
+        f"runs of {small} and {large} patches, ResNet50 layer4 (random weights)"
     )
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

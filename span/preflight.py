@@ -1,5 +1,6 @@
 """`span check`: what the workflow checks before any job, in one process (one torch import):
-the devices the config asks for, the encoder's weights, and every experiment variant's model,
+the devices the config asks for, the encoder's weights and field (the patches must be the
+tiles it was trained on, where that is published), and every experiment variant's model,
 built on PyTorch's meta device (no memory) so that a wrong hyperparameter name or value stops
 the run at start-up rather than in its training job, after patching and extraction."""
 
@@ -20,6 +21,19 @@ def check_devices(devices: dict[str, str]) -> None:
         except SpanError as exc:
             reason = exc.reason.removeprefix("device ")
             raise SpanError(None, f"invalid config, {key}: {reason}", exc.fix) from None
+
+
+def check_field(encoder: str, patch_size: int, target_mpp: float) -> None:
+    """The patches are the field (tile side and um/px) the encoder's weights were trained on,
+    where published: a resampled field is one line naming the keys to set."""
+    from span.features.registry import ENCODERS, field_fix, field_problem
+
+    info = ENCODERS.get(encoder)
+    problem = field_problem(info, patch_size, target_mpp) if info else None
+    if problem:
+        raise SpanError(
+            None, f"invalid config, patching.patch_size/target_mpp: {problem}", field_fix(info)
+        )
 
 
 def check_variants(checks: list[dict], in_dim: int, n_classes: int) -> None:
@@ -46,6 +60,8 @@ def run_checks(args) -> None:
     check_devices(dict(pair.split("=", 1) for pair in args.device or []))
     if args.variants:
         check_variants(json.loads(args.variants), args.in_dim, args.n_classes)
+    if args.encoder and args.patching:
+        check_field(args.encoder, int(args.patching[0]), float(args.patching[1]))
     if args.encoder:
         from span.features.encoders import preflight
 
@@ -62,10 +78,12 @@ def register(stages) -> None:
     """Add `span check`."""
     c = stages.add_parser(
         "check",
-        help="what the workflow checks before any job: devices, encoder weights, variants",
+        help="what the workflow checks before any job: devices, encoder weights and field, "
+        "variants",
         description="Check that the devices exist here, that the encoder's weights can be had "
-        "and fit, and that every variant's model builds with its hyperparameters (on the meta "
-        "device: no memory, no compute). One line per problem, exit 1.",
+        "and fit, that the patches are the field its weights were trained on (where "
+        "published), and that every variant's model builds with its hyperparameters (on the "
+        "meta device: no memory, no compute). One line per problem, exit 1.",
     )
     c.add_argument(
         "--device", action="append", metavar="KEY=DEVICE", help="e.g. training.device=cuda:1"
@@ -73,6 +91,12 @@ def register(stages) -> None:
     c.add_argument("--encoder", help="features.encoder, to check its --weights")
     c.add_argument("--layer")
     c.add_argument("--weights")
+    c.add_argument(
+        "--patching",
+        nargs=2,
+        metavar=("PATCH_SIZE", "TARGET_MPP"),
+        help="patching.patch_size and target_mpp of the slides to encode, to check the field",
+    )
     c.add_argument("--variants", help="JSON list of {where, model, hparams} to build")
     c.add_argument("--in-dim", type=int, default=1024, help="feature width the variants get")
     c.add_argument("--n-classes", type=int, default=2)

@@ -50,14 +50,16 @@ TINY = EncoderInfo(
     outputs={"cls_mean": Output(384, "cls_mean"), "cls": Output(192, "cls")},
     default_output="cls_mean",
     resize_to=256,
+    interpolation="bicubic",
     mean=HOPTIMUS_MEAN,
     std=HOPTIMUS_STD,
+    patch_px=256,
     mpp=0.5,
     hub_repo="span-tests/tiny-vit",
 )
 
 #: The ViT-g entries (1.1B parameters): build + forward 20-21 s on 2 CPU cores, 45 s on busy
-#: ones (uni2-h and virchow2: 10-25 s, uni 7-17 s).
+#: ones (uni2-h, virchow and virchow2: 10-25 s, uni and gpfm 7-17 s).
 SLOW = {"h-optimus-0", "h-optimus-1", "prov-gigapath"}
 
 
@@ -90,13 +92,37 @@ def test_published_facts():
     assert h0.arch == "vit_giant_patch14_reg4_dinov2"
     assert h0.mean == (0.707223, 0.578729, 0.703617)
     assert h0.std == (0.211883, 0.230117, 0.177517)
-    assert ENCODERS["prov-gigapath"].resize_to == 256
+    giga = ENCODERS["prov-gigapath"]
+    assert (giga.patch_px, giga.mpp, giga.resize_to, giga.interpolation) == (
+        256,
+        0.5,
+        256,
+        "bicubic",
+    )
+    assert (h0.patch_px, h0.mpp, h0.resize_to) == (224, 0.5, 224)
+    v1 = ENCODERS["virchow"]
+    assert (v1.outputs["cls_mean"].dim, v1.interpolation, v1.kwargs["mlp_ratio"]) == (
+        2560,
+        "bicubic",
+        5.3375,
+    )
+    assert "reg_tokens" not in v1.kwargs and v1.swiglu
+    assert ENCODERS["kaiko-vitb8"].mean == ENCODERS["kaiko-vits16"].std == (0.5, 0.5, 0.5)
+    assert ENCODERS["lunit-vits8"].mean == (0.70322989, 0.53606487, 0.66096631)
+    assert ENCODERS["gpfm"].hub_file == "GPFM.pth"
+    for name in ("resnet50", "resnet18", "phikon-v2", "kaiko-vits8", "lunit-vits8"):
+        assert ENCODERS[name].amp_dtype == "float32", name  # as TRIDENT runs them
     expected = {
         "uni": 303e6,
         "uni2-h": 681e6,
+        "virchow": 632e6,
         "virchow2": 632e6,
         "h-optimus-0": 1.13e9,
         "prov-gigapath": 1.13e9,
+        "gpfm": 303e6,
+        "kaiko-vits16": 21.7e6,
+        "kaiko-vitb8": 85.8e6,
+        "lunit-vits8": 21.7e6,
     }
     for name, published in expected.items():
         with torch.device("meta"):
@@ -114,7 +140,8 @@ def test_published_facts():
     [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n for n in ENCODERS],
 )
 def test_random_weights_build_and_encode(name):
-    """The real thing with seeded random weights: width, finite, and what the file records."""
+    """The real thing with seeded random weights: width, finite, and what the file records
+    (every architecture's forward; the meta-device test covers every output's width)."""
     t0 = time.perf_counter()
     encoder = build_encoder(name, None, "random")
     info = ENCODERS[name]
@@ -134,19 +161,25 @@ def test_transform_equals_the_recorded_size_and_statistics(tiny, tmp_path):
     the entry's mean/std (checked against an independent computation)."""
     encoder = build_encoder("tiny-vit", None, "random")
     assert (encoder.mean, encoder.std) == (TINY.mean, TINY.std)
-    assert (encoder.resize_to, encoder.input_size, encoder.mpp) == (256, 224, 0.5)
+    assert (encoder.resize_to, encoder.input_size, encoder.interpolation) == (256, 224, "bicubic")
     for info in ENCODERS.values():
         assert info.resize_to >= info.input_size > 0 and len(info.mean) == len(info.std) == 3
 
-    import cv2
+    from PIL import Image
+    from torchvision import transforms
 
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (600, 600, 3), dtype=np.uint8)
     slide = write_pyramidal_tiff(tmp_path / "s.tiff", image, 0.5, downsamples=(1,))
-    tiles = SlideTiles(slide, np.array([[0, 0], [224, 224]]), 0, 224, 256, crop_size=224)
+    tiles = SlideTiles(
+        slide, np.array([[0, 0], [224, 224]]), 0, 224, 256, crop_size=224, interpolation="bicubic"
+    )
     tile, _, ok = tiles[1]
-    region = np.asarray(tiles._handle().read_region((224, 224), 0, (224, 224)).convert("RGB"))
-    expected = cv2.resize(region, (256, 256), interpolation=cv2.INTER_CUBIC)[16:240, 16:240]
+    region = tiles._handle().read_region((224, 224), 0, (224, 224)).convert("RGB")
+    published = transforms.Compose(  # Prov-GigaPath's card, on a PIL image
+        [transforms.Resize(256, interpolation=Image.Resampling.BICUBIC), transforms.CenterCrop(224)]
+    )
+    expected = np.asarray(published(region))
     assert ok and tile.shape == (224, 224, 3)
     np.testing.assert_array_equal(tile.numpy(), expected)
 
@@ -197,25 +230,30 @@ def test_local_checkpoint_weights_are_really_used(tiny, tmp_path, fmt):
     assert not torch.allclose(got, random, atol=1e-2)
 
 
-def test_imagenet_weights_are_the_named_ones_not_torchvisions_default(monkeypatch):
-    """ResNet-50 gets IMAGENET1K_V1, CLAM's weights, although torchvision's DEFAULT is V2
-    (features from V2 would not match imported CLAM features); no download is made."""
+def test_imagenet_weights_are_the_named_ones(monkeypatch):
+    """`imagenet` is ResNet-50's IMAGENET1K_V2 (torchvision's DEFAULT, the SPAN authors'),
+    `imagenet:IMAGENET1K_V1` CLAM's; the features record which; no download is made."""
     from torchvision import models
 
-    requested = {}
+    requested = []
+    built = {"resnet50": models.resnet50, "resnet18": models.resnet18}
     monkeypatch.setattr(
-        models, "get_model", lambda arch, weights: requested.setdefault(arch, weights)
+        models,
+        "get_model",
+        lambda arch, weights: requested.append((arch, weights)) or built[arch](),
     )
-    for info in ENCODERS.values():
-        if info.imagenet:
-            build_architecture(info, imagenet=True)
-    assert requested == {
-        "resnet50": models.ResNet50_Weights.IMAGENET1K_V1,
-        "resnet18": models.ResNet18_Weights.IMAGENET1K_V1,
+    cases = {
+        ("resnet50", "imagenet"): models.ResNet50_Weights.IMAGENET1K_V2,
+        ("resnet50", "imagenet:IMAGENET1K_V1"): models.ResNet50_Weights.IMAGENET1K_V1,
+        ("resnet18", "imagenet"): models.ResNet18_Weights.IMAGENET1K_V1,
     }
-    assert models.ResNet50_Weights.DEFAULT != models.ResNet50_Weights.IMAGENET1K_V1
-    monkeypatch.setattr(models, "get_model", lambda arch, weights: models.resnet18())
-    assert build_encoder("resnet18", None, "imagenet").weights == "imagenet:IMAGENET1K_V1"
+    for (name, weights), member in cases.items():
+        encoder = build_encoder(name, None, weights)
+        assert requested.pop() == (name, member)
+        assert encoder.weights == f"imagenet:{member.name}"
+    assert models.ResNet50_Weights.DEFAULT == models.ResNet50_Weights.IMAGENET1K_V2
+    with pytest.raises(SpanError, match="resnet18 has no imagenet:IMAGENET1K_V2 weights"):
+        build_encoder("resnet18", None, "imagenet:IMAGENET1K_V2")
 
 
 def test_dsmil_instance_norm_checkpoint_is_refused_by_resnet18(tmp_path):
@@ -358,7 +396,7 @@ def test_span_extract_end_to_end_with_a_vit_entry(tiny, small_slide, tmp_path):
 
     p = read_patch_file(patches)
     level, size = p.attrs["patch_level"], p.attrs["patch_size"]
-    tiles = SlideTiles(slide, p.coords, level, size, 256, crop_size=224)
+    tiles = SlideTiles(slide, p.coords, level, size, 256, crop_size=224, interpolation="bicubic")
     x = torch.stack([tiles[i][0] for i in range(6)])
     x = (x.permute(0, 3, 1, 2).float() / 255 - torch.tensor(TINY.mean)[:, None, None]) / (
         torch.tensor(TINY.std)[:, None, None]
@@ -451,7 +489,8 @@ def _dry_run(tmp_path: Path, features: dict) -> subprocess.CompletedProcess:
 
 def test_workflow_checks_the_encoder_before_any_job(tmp_path):
     """A null layer becomes the published output (and names the features folder); an unknown
-    output, a missing or non-fitting checkpoint stop the run at start-up with one line."""
+    output, a missing or non-fitting checkpoint, patches that are not the encoder's published
+    field stop the run at start-up with one line."""
     ok = _dry_run(tmp_path / "a", {"encoder": "virchow2", "weights": "random"})
     assert ok.returncode == 0, ok.stdout[-2000:]
     assert "features/virchow2-cls_mean/s1.h5" in ok.stdout
@@ -468,3 +507,9 @@ def test_workflow_checks_the_encoder_before_any_job(tmp_path):
     assert wrong.returncode != 0
     line = next(x for x in wrong.stdout.splitlines() if "invalid config, features.weights" in x)
     assert "not a uni checkpoint: checkpoint lacks" in line and "MahmoodLab/UNI" in line
+
+    field = _dry_run(tmp_path / "d", {"encoder": "prov-gigapath", "weights": "random"})
+    assert field.returncode != 0
+    line = next(x for x in field.stdout.splitlines() if "invalid config, patching" in x)
+    assert "prov-gigapath was trained on 256-px tiles at 0.5 um/px" in line
+    assert "Fix: set patching.patch_size: 256 and patching.target_mpp: 0.5" in line

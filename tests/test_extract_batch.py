@@ -44,7 +44,7 @@ def slides(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def encoder():
-    return build_encoder("resnet18", "penultimate", "random")
+    return build_encoder("resnet18", "layer4", "random")
 
 
 OPTIONS = ExtractOptions(batch_size=4, num_workers=0, flush_every=4)

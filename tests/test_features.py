@@ -49,7 +49,7 @@ def small_slide(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def random_encoder():
-    return build_encoder("resnet50", "penultimate", "random")
+    return build_encoder("resnet50", "layer4", "random")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_shapes_and_attributes(small_slide, reference):
     a = reference.attrs
     assert (a["encoder"], a["layer"], a["feature_dim"], a["weights"]) == (
         "resnet50",
-        "penultimate",
+        "layer4",
         2048,
         "random",
     )
@@ -171,13 +171,13 @@ def test_bad_checkpoints_are_clear_errors(tmp_path):
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(SpanError, match="cannot load checkpoint"):
-        build_encoder("resnet50", "penultimate", str(junk))
+        build_encoder("resnet50", "layer4", str(junk))
     partial = tmp_path / "partial.pt"
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, partial)
     with pytest.raises(SpanError, match="checkpoint lacks"):
-        build_encoder("resnet50", "penultimate", str(partial))
+        build_encoder("resnet50", "layer4", str(partial))
     with pytest.raises(SpanError, match="unknown encoder"):
-        build_encoder("vit_giant", "penultimate", "random")
+        build_encoder("vit_giant", "layer4", "random")
     with pytest.raises(SpanError, match="no output 'layer9'"):
         build_encoder("resnet50", "layer9", "random")
 

@@ -1,7 +1,8 @@
 """Patch encoders built from the registry (`registry.py`): architecture, output, weights.
 
 The ResNets come from torchvision, the pathology foundation models from timm. Weights are
-`imagenet` (the ResNets: torchvision's cache, downloaded on first use), `hf-hub` (the model's
+`imagenet` (the ResNets: torchvision's cache, downloaded on first use; the entry's first
+weights, or `imagenet:<member>` such as IMAGENET1K_V1), `hf-hub` (the model's
 Hugging Face repository, through huggingface_hub's cache), a local checkpoint (state dict or
 safetensors, recorded by sha256) or `random` (seeded, so every slide of a cohort gets the same
 encoder). A checkpoint must fit the architecture tensor by tensor.
@@ -22,6 +23,9 @@ from span.features.registry import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     EncoderInfo,
+    Interpolation,
+    imagenet_member,
+    unknown_output,
     weights_kinds,
 )
 from span.features.weights import (
@@ -75,12 +79,13 @@ class ViTEmbedding(nn.Module):
         return torch.cat([cls, tokens[:, self.vit.num_prefix_tokens :].mean(1)], dim=1)
 
 
-def build_architecture(info: EncoderInfo, imagenet: bool = False) -> nn.Module:
-    """The full model with freshly initialised (or torchvision ImageNet) weights."""
+def build_architecture(info: EncoderInfo, imagenet: str = "") -> nn.Module:
+    """The full model with freshly initialised weights, or torchvision's ImageNet weights of
+    that enum member (e.g. IMAGENET1K_V2)."""
     if info.family == "torchvision":
         from torchvision import models
 
-        weights = models.get_model_weights(info.arch)[info.imagenet] if imagenet else None
+        weights = models.get_model_weights(info.arch)[imagenet] if imagenet else None
         return models.get_model(info.arch, weights=weights)
     import timm
 
@@ -123,8 +128,8 @@ class Encoder:
     std: tuple[float, float, float]
     input_size: int  # side the encoder sees (after the centre crop)
     resize_to: int = 224  # side a patch is resized to before the crop
+    interpolation: Interpolation = "bilinear"  # the filter of that resize
     version: str = ""  # e.g. "timm 1.0.31"
-    mpp: float | None = None  # um/px the weights were trained at, when published
     amp_dtype: str = "float16"
 
 
@@ -135,16 +140,16 @@ def encoder_spec(name: str, layer: str | None) -> tuple[EncoderInfo, str]:
     info = ENCODERS[name]
     layer = layer or info.default_output
     if layer not in info.outputs:
-        raise SpanError(
-            None, f"{name} has no output {layer!r}", f"choose one of {', '.join(info.outputs)}"
-        )
+        raise SpanError(None, *unknown_output(info, layer))
     return info, layer
 
 
 def check_weights_kind(info: EncoderInfo, weights: str) -> None:
-    """`imagenet` and `hf-hub` only for encoders that have them (anything else is a path)."""
-    if weights == "imagenet":
-        ok = info.imagenet
+    """`imagenet[:member]` and `hf-hub` only for encoders that have them (anything else is a
+    path)."""
+    member = imagenet_member(info, weights)
+    if member is not None:
+        ok = bool(member)
     elif weights == "hf-hub":
         ok = info.hub_repo is not None
     elif weights.startswith("hf-hub:"):
@@ -160,12 +165,14 @@ def check_weights_kind(info: EncoderInfo, weights: str) -> None:
 
 
 def build_encoder(name: str, layer: str | None, weights: str) -> Encoder:
-    """Build an encoder in eval mode; `weights` is imagenet, hf-hub[:repo], random or a path."""
+    """Build an encoder in eval mode; `weights` is imagenet[:member], hf-hub[:repo], random or
+    a path."""
     info, layer = encoder_spec(name, layer)
     check_weights_kind(info, weights)
-    if weights == "imagenet":
+    member = imagenet_member(info, weights)
+    if member:
         try:
-            model = build_architecture(info, imagenet=True)
+            model = build_architecture(info, imagenet=member)
         except Exception as exc:  # no network, proxy, or damaged cache
             raise SpanError(
                 None,
@@ -173,7 +180,7 @@ def build_encoder(name: str, layer: str | None, weights: str) -> Encoder:
                 "run once with internet access (torchvision caches them under TORCH_HOME) or "
                 "set features.weights to a local checkpoint",
             ) from exc
-        weights_id = f"imagenet:{info.imagenet}"  # which ImageNet weights (V1 and V2 differ)
+        weights_id = f"imagenet:{member}"  # which ImageNet weights (V1 and V2 differ)
     elif weights == "random":
         log.warning(RANDOM_WEIGHTS_WARNING)
         with torch.random.fork_rng(devices=[]):
@@ -204,8 +211,8 @@ def build_encoder(name: str, layer: str | None, weights: str) -> Encoder:
         std=info.std,
         input_size=info.input_size,
         resize_to=info.resize_to,
+        interpolation=info.interpolation,
         version=library_version(info),
-        mpp=info.mpp,
         amp_dtype=info.amp_dtype,
     )
 
@@ -216,7 +223,7 @@ def preflight(name: str, layer: str | None, weights: str) -> None:
     and an uncached hub checkpoint is only checked for access."""
     info, layer = encoder_spec(name, layer)
     check_weights_kind(info, weights)
-    if weights in ("imagenet", "random"):
+    if weights == "random" or imagenet_member(info, weights):
         return
     if weights.startswith("hf-hub"):
         path = hub_preflight(info, weights)

@@ -27,6 +27,7 @@ from span.device import resolve_device
 from span.errors import SpanError
 from span.features.encoders import Encoder
 from span.features.feature_file import FEATURE_DTYPES
+from span.features.registry import ENCODERS, field_fix, field_problem
 from span.features.tiles import CohortTiles, SlideTiles, worker_init
 from span.h5io import write_attrs
 from span.settings.options import check_values
@@ -72,6 +73,7 @@ def extraction_key(slide: Path, patches: PatchSet, encoder: Encoder, dtype: str)
                 encoder.weights,
                 encoder.resize_to,
                 encoder.input_size,
+                encoder.interpolation,
             ],
             "dtype": dtype,
         },
@@ -208,7 +210,7 @@ def extract_slide(
     patches = read_patch_file(patch_file)
     slide_id = patches.attrs.get("slide_id", out.stem)
     open_slide(slide_path).close()  # a missing, unreadable or damaged file: one clear line
-    warn_magnification(encoder, patches)
+    warn_field(encoder, patches)
     device = resolve_device(options.device)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = PartialFeatures(
@@ -269,17 +271,14 @@ def _report_bad_tiles(slide_id: str, bad: np.ndarray, n: int) -> None:
         )
 
 
-def warn_magnification(encoder: Encoder, patches: PatchSet) -> None:
-    """Say so when the patches are not at the resolution the encoder's weights were trained at."""
-    target = patches.attrs.get("target_mpp")
-    if encoder.mpp and target and abs(float(target) / encoder.mpp - 1) > 0.05:
-        log.warning(
-            "patches are at %.3g um/px but %s was trained at %.3g um/px (set "
-            "patching.target_mpp to match)",
-            float(target),
-            encoder.name,
-            encoder.mpp,
-        )
+def warn_field(encoder: Encoder, patches: PatchSet) -> None:
+    """Say so when the patches are not the field (tile side and um/px) the encoder was trained
+    on; the workflow's start-up check stops on it, a command run by hand only warns."""
+    size, mpp = patches.attrs.get("target_patch_size"), patches.attrs.get("target_mpp")
+    info = ENCODERS[encoder.name]
+    problem = field_problem(info, int(size), float(mpp)) if size and mpp else None
+    if problem:
+        log.warning("%s (%s)", problem, field_fix(info))
 
 
 def encode_jobs(
@@ -308,6 +307,7 @@ def encode_jobs(
                 encoder.resize_to,
                 start=job.partial.done,
                 crop_size=encoder.input_size,
+                interpolation=encoder.interpolation,
             )
             for job in pending
         ]

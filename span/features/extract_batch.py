@@ -27,7 +27,7 @@ from span.features.extract import (
     extraction_key,
     feature_attrs,
     partial_path,
-    warn_magnification,
+    warn_field,
 )
 from span.slides.patch_file import PatchSet, read_patch_file
 from span.slides.reader import open_slide
@@ -96,7 +96,7 @@ def run_extract_batch(
                 log.error("%s: excluded: %s", slide_id, exc)
                 patches, status = _without_patches(patches, exc), "excluded"
         if status == "made" and not warned:
-            warn_magnification(encoder, patches)
+            warn_field(encoder, patches)
             warned = True
         partial = PartialFeatures(
             partial_path(store.path(slide_id, ".h5")),

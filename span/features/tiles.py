@@ -19,18 +19,36 @@ import cv2
 import numpy as np
 import openslide
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
+from span.features.registry import Interpolation
 from span.features.worker_lifetime import die_with_parent
 from span.slides.reader import rgba_to_rgb
 
 log = logging.getLogger(__name__)
 
+#: The encoders' published transforms resize PIL images (torchvision's Resize on a PIL image
+#: is PIL's resize, antialiased when shrinking); tiles are resized by PIL with the same filter.
+_PIL_FILTERS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+
+
+def resize_tile(rgb: np.ndarray, side: int, interpolation: Interpolation) -> np.ndarray:
+    """A uint8 RGB tile resized to `side` x `side` with the encoder's published filter."""
+    return np.asarray(Image.fromarray(rgb).resize((side, side), _PIL_FILTERS[interpolation]))
+
+
+def centre_crop(rgb: np.ndarray, side: int) -> np.ndarray:
+    """The central `side` x `side` square, offset rounded as torchvision's CenterCrop does."""
+    top = round((rgb.shape[0] - side) / 2.0)
+    left = round((rgb.shape[1] - side) / 2.0)
+    return np.ascontiguousarray(rgb[top : top + side, left : left + side])
+
 
 class SlideTiles(Dataset):
     """Patches `start..` of a slide as uint8 (crop, crop, 3) tiles, with index and success flag:
-    each read at its level, resized to `out_size`, then centre-cropped to `crop_size` (the
-    encoder's published transform; no crop by default)."""
+    each read at its level, resized to `out_size` with `interpolation`, then centre-cropped to
+    `crop_size` (the encoder's published transform; no crop by default)."""
 
     def __init__(
         self,
@@ -41,6 +59,7 @@ class SlideTiles(Dataset):
         out_size: int,
         start: int = 0,
         crop_size: int | None = None,
+        interpolation: Interpolation = "bilinear",
     ) -> None:
         self.slide_path = str(slide_path)
         self.coords = np.asarray(coords, np.int64)
@@ -49,6 +68,7 @@ class SlideTiles(Dataset):
         self.out_size = int(out_size)
         self.start = int(start)
         self.crop_size = int(crop_size or out_size)
+        self.interpolation = interpolation
         if self.crop_size > self.out_size:
             raise ValueError(f"crop {self.crop_size} larger than the resized tile {out_size}")
         self._slide: openslide.OpenSlide | None = None
@@ -77,12 +97,9 @@ class SlideTiles(Dataset):
         size = (self.read_size, self.read_size)
         rgb = rgba_to_rgb(np.asarray(self._handle(fresh).read_region((x, y), self.level, size)))
         if self.read_size != self.out_size:
-            shrink = self.read_size > self.out_size
-            interp = cv2.INTER_AREA if shrink else cv2.INTER_CUBIC
-            rgb = cv2.resize(rgb, (self.out_size, self.out_size), interpolation=interp)
+            rgb = resize_tile(rgb, self.out_size, self.interpolation)
         if self.crop_size != self.out_size:
-            top = (self.out_size - self.crop_size) // 2
-            rgb = np.ascontiguousarray(rgb[top : top + self.crop_size, top : top + self.crop_size])
+            rgb = centre_crop(rgb, self.crop_size)
         return rgb
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, bool]:

@@ -17,6 +17,11 @@ from span.features.registry import EncoderInfo
 HUB_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
+def hub_files(info: EncoderInfo) -> tuple[str, ...]:
+    """The checkpoint files to look up in the encoder's hub repository, in order."""
+    return (info.hub_file,) if info.hub_file else HUB_FILES
+
+
 def how_to_get(info: EncoderInfo) -> str:
     """The fix line of a weights error: where this encoder's weights come from."""
     local = "a local checkpoint of this architecture (state dict or .safetensors)"
@@ -146,7 +151,7 @@ def hub_checkpoint(info: EncoderInfo, weights: str, local_only: bool = False) ->
 
     repo = hub_repo_of(info, weights)
     offline = None
-    for filename in HUB_FILES:
+    for filename in hub_files(info):
         try:
             path = Path(hf_hub_download(repo, filename, local_files_only=local_only))
         except LocalEntryNotFoundError as exc:
@@ -161,7 +166,7 @@ def hub_checkpoint(info: EncoderInfo, weights: str, local_only: bool = False) ->
         raise _hub_error(info, repo, offline) from offline
     raise SpanError(
         None,
-        f"{info.name}: huggingface.co/{repo} has none of {', '.join(HUB_FILES)}",
+        f"{info.name}: huggingface.co/{repo} has none of {', '.join(hub_files(info))}",
         how_to_get(info),
     )
 

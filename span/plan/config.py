@@ -8,7 +8,7 @@ import re
 from collections.abc import Mapping
 
 from span.errors import SpanError
-from span.features.registry import ENCODERS, weights_kinds
+from span.features.registry import ENCODERS, unknown_output, weights_kinds
 from span.settings.options import declared
 from span.settings.stages import SECTIONS
 
@@ -53,13 +53,11 @@ def resolve_encoder(features: Mapping) -> str:
         )
     layer = features["layer"] or info.default_output
     if layer not in info.outputs:
-        raise SpanError(
-            None,
-            f"invalid config, features.layer: {info.name} has no output {layer!r}",
-            f"choose one of {', '.join(info.outputs)} (or null: {info.default_output})",
-        )
+        reason, fix = unknown_output(info, layer)
+        raise SpanError(None, f"invalid config, features.layer: {reason}", fix)
     weights = features["weights"]
-    if weights in ("imagenet", "hf-hub") and weights not in weights_kinds(info):
+    named = weights == "hf-hub" or weights.partition(":")[0] == "imagenet"
+    if named and weights not in weights_kinds(info):
         raise SpanError(
             None,
             f"invalid config, features.weights: {info.name} has no {weights} weights",

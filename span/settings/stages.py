@@ -95,11 +95,15 @@ class EncoderSettings:
         "resnet50", "a name from `span encoders` (checked against span/features/registry.py)"
     )
     layer: str | None = option(
-        None, "the encoder's output; null = its published one (the ResNets: penultimate)"
+        None,
+        "the encoder's output; null = its published one (resnet50: layer3, 1024-d, the SPAN "
+        "authors' features; resnet18: layer4)",
     )
     weights: str = option(
         "imagenet",
-        "imagenet (the ResNets), hf-hub, hf-hub:<owner/name>, random or a checkpoint path",
+        "imagenet (the ResNets: torchvision's IMAGENET1K_V2 for resnet50, V1 for resnet18), "
+        "imagenet:<member> (e.g. IMAGENET1K_V1, CLAM's), hf-hub, hf-hub:<owner/name>, random "
+        "or a checkpoint path",
         min_length=1,
     )
 

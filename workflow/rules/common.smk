@@ -69,7 +69,8 @@ if _missing:
 
 def _torch_checks():
     """`span check`, once, before any job: the devices asked (when jobs run on this machine),
-    the encoder's weights (a checkpoint or the hub) and every variant's model. Skipped inside
+    the encoder's weights (a checkpoint or the hub) and field (the patches), and every
+    variant's model. Skipped inside
     cluster jobs and where torch is missing (--use-conda: the jobs say it)."""
     if workflow.exec_mode != ExecMode.DEFAULT:
         return
@@ -84,15 +85,11 @@ def _torch_checks():
     ]
     if workflow.local_exec:
         words += [f"--device={s}.device={config[s]['device']}" for s in ("features", "training")]
-    if feats["weights"] not in ("random", "imagenet"):
-        words += [
-            "--encoder",
-            feats["encoder"],
-            "--layer",
-            feats["layer"],
-            "--weights",
-            feats["weights"],
-        ]
+    words += ["--encoder", feats["encoder"], "--layer", feats["layer"]]
+    words += ["--weights", feats["weights"]]
+    if PLAN.cohort.patched:  # slides to encode: their patches must be the encoder's field
+        patching = config["patching"]
+        words += ["--patching", str(patching["patch_size"]), str(patching["target_mpp"])]
     found = subprocess.run(
         [sys.executable, "-m", "span", "check", *words], capture_output=True, text=True
     )
