@@ -241,16 +241,16 @@ class TrainSettings:
     patch_drop: float = option(
         0.0, "augment: share of a slide's patches left out per step", ge=0, lt=1
     )
-    standardize: bool = option(
-        False, "z-score every feature dimension with the training slides' mean and std"
-    )
-    device: str = option("auto", _DEVICE_HELP, pattern=DEVICE_PATTERN, speed_only=True)
     affine: bool = option(
         False,
         "augment: the SPAN authors' coordinate augmentation (mirror, shear up to 10 degrees, "
         "rotation by k x 90 +- 30 degrees, each with p 0.75, strength decaying as a cosine "
         "over the epochs, re-gridded to integer cells)",
     )
+    standardize: bool = option(
+        False, "z-score every feature dimension with the training slides' mean and std"
+    )
+    device: str = option("auto", _DEVICE_HELP, pattern=DEVICE_PATTERN, speed_only=True)
     threads: int = option(1, "CPU threads of one training job", ge=1, speed_only=True)
     cache_mb: float = option(
         4096,
