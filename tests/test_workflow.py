@@ -343,8 +343,8 @@ def test_workflow_lint_is_clean():
 @pytest.mark.parametrize(
     ("experiment", "expected"),
     [
-        ("main", {"train": 15, "evaluate": 1, "predict": 5}),
-        ("ablation", {"train": 39, "evaluate": 1, "predict": 13}),
+        ("main", {"train": 18, "evaluate": 1, "predict": 6}),
+        ("ablation", {"train": 45, "evaluate": 1, "predict": 15}),
         ("window_sweep", {"train": 18, "evaluate": 1, "predict": 6, "sweep_plot": 1}),
     ],
 )
