@@ -3,9 +3,10 @@
 - metrics.json (`span train`; read by `span evaluate` and `span train --add-runtime-of`): a
   JSON object (pretty, sorted keys) with the `REQUIRED_KEYS`, their types checked on writing
   and on reading, and also hparams, training, feature_dim, encoder, slides, excluded ([slide,
-  reason] pairs), bad_tiles ([slide, tiles left out, share] triples), software, epochs_run,
-  best_epoch, best_val_auc, best_val_loss, runtime_total_s and, for a run whose runtime
-  includes its teacher's, runtime_note.
+  reason] pairs), split_warnings (what a class missing from validation means), bad_tiles
+  ([slide, tiles left out, share] triples), software, epochs_run, best_epoch, best_val_auc,
+  best_val_loss, runtime_total_s and, for a run whose runtime includes its teacher's,
+  runtime_note.
 - test_predictions.csv (`span train`; read by `span evaluate`): `slide_id`, `label`,
   `prob_<class>` per class (6 decimals).
 - predictions.csv (`span predict`, every slide with the runs of one variant): `slide_id`,

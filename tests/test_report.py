@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 from pathlib import Path
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 from matplotlib.image import imread
 
+from span.data.qc_summary import COLUMNS as QC_COLUMNS
 from span.errors import SpanError
 from span.evaluation.report import write_report
 from span.evaluation.seed_runs import discover_variants
@@ -197,6 +199,42 @@ def test_no_warning_with_pretrained_weights(tmp_path: Path) -> None:
     report = out["report_md"].read_text()
     assert "WARNING" not in report
     assert "| s998 | no tissue patches |" in report  # from metrics.json
+
+
+def _write_qc_summary(path: Path, excluded: dict[str, str]) -> Path:
+    """A qc/summary.tsv whose slides are `excluded` (slide -> reason, '' = kept)."""
+    rows = [
+        {c: "" for c in QC_COLUMNS} | {"slide_id": s, "excluded": r} for s, r in excluded.items()
+    ]
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, QC_COLUMNS, delimiter="\t", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def test_every_excluded_slide_and_the_split_warnings_are_listed(tmp_path: Path) -> None:
+    """Excluded labelled slides from the runs, unlabelled ones from the QC summary; what the
+    runs' splits leave undefined, once per distinct warning."""
+    variants = _experiment(tmp_path, ["a", "b"])
+    warning = "validation has no 'b' slide (slides per class: ...): its AUC is undefined"
+    for seed_dir in variants["abmil"] + variants["span"]:
+        info = json.loads((seed_dir / "metrics.json").read_text())
+        (seed_dir / "metrics.json").write_text(json.dumps({**info, "split_warnings": [warning]}))
+    qc = _write_qc_summary(
+        tmp_path / "summary.tsv",
+        {"s000": "", "s998": "no tissue patches", "u1": "cannot be read (not a readable slide)"},
+    )
+    out = write_report(
+        tmp_path / "r", "e", variants, "span", ["a", "b"], n_bootstrap=20, qc_summary=qc
+    )
+    report = out["report_md"].read_text()
+    assert (
+        "## Excluded slides\n\n1 labelled (left out of training, evaluation and predictions), "
+        "1 unlabelled (not predicted).\n\n| Slide | Reason |\n|---|---|\n"
+        "| s998 | no tissue patches |\n| u1 | cannot be read (not a readable slide) |\n"
+    ) in report
+    assert report.count(f"> **WARNING: {warning}**") == 1
 
 
 def test_methods_are_named_by_the_config_label_else_the_registry(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter, defaultdict
 from dataclasses import replace
 
@@ -12,7 +13,9 @@ from span.data.samplesheet import Sample
 from span.data.splits import (
     SplitRow,
     _patient_labels,
+    check_classes,
     draw_seed,
+    labels_by_split,
     make_splits,
     read_splits,
     write_splits,
@@ -353,3 +356,93 @@ def test_a_protocol_and_training_seed_that_disagree_are_one_line() -> None:
         make_splits(_sheet(10), CLASSES, training_seed=0)
     with pytest.raises(SpanError, match=r"set splits\.protocol to one of"):
         make_splits(_sheet(10), CLASSES, protocol="random")
+
+
+def _split_command(capsys, tmp_path, rows: list[tuple[str, str, str]], *options: str):
+    """`span split` on a sheet of (slide_id, label, split) rows: its exit status and its
+    console's lines without their time ('ERROR span: ...', 'WARNING span.data.cli: ...')."""
+    from span.cli import main
+
+    sheet = tmp_path / "s.tsv"
+    lines = ["slide_id\tpath\tlabel\tsplit", *(f"{s}\t{s}.svs\t{lab}\t{sp}" for s, lab, sp in rows)]
+    sheet.write_text("\n".join(lines) + "\n")
+    args = ["split", "--samples", str(sheet), "--classes", *CLASSES]
+    status = main([*args, *options, "--out", str(tmp_path / "splits.tsv")])
+    return status, [line.split(" ", 1)[1] for line in capsys.readouterr().err.splitlines()]
+
+
+def _errors(lines: list[str]) -> list[str]:
+    return [line.removeprefix("ERROR span: ") for line in lines if line.startswith("ERROR")]
+
+
+@pytest.mark.parametrize("protocol", [["--protocol", "fixed"], ["--protocol", "per_seed"]])
+def test_a_one_class_cohort_stops_the_split_with_its_counts(tmp_path, capsys, protocol) -> None:
+    seed = ["--training-seed", "0"] if "per_seed" in protocol else []
+    rows = [(f"S{i}", "normal", "") for i in range(7)]
+    status, lines = _split_command(capsys, tmp_path, rows, *protocol, *seed)
+    (error,) = _errors(lines)
+    assert status == 1 and not (tmp_path / "splits.tsv").exists()
+    assert re.fullmatch(
+        f"{re.escape(str(tmp_path / 's.tsv'))}: only class 'normal' among the labelled slides "
+        r"that are not excluded, and a classifier needs two \(slides per class: train normal \d, "
+        r"tumor 0; val normal 1, tumor 0; test normal \d, tumor 0\)\. Fix: label slides of at "
+        r"least two of the classes \['normal', 'tumor'\]",
+        error,
+    )
+
+
+def test_an_official_split_without_a_class_in_test_stops_the_split(tmp_path, capsys) -> None:
+    rows = [(f"S{i}", CLASSES[i % 2], "train") for i in range(6)]
+    rows += [("V0", "normal", "val"), ("V1", "tumor", "val"), ("T0", "normal", "test")]
+    status, lines = _split_command(capsys, tmp_path, rows)
+    assert status == 1 and not (tmp_path / "splits.tsv").exists()
+    assert _errors(lines) == [
+        f"{tmp_path / 's.tsv'}: the test set has no 'tumor' slide (slides per class: train "
+        "normal 3, tumor 3; val normal 1, tumor 1; test normal 1, tumor 0). Fix: label more "
+        "patients of 'tumor' (a class needs 2 to reach train and test, 3 to reach validation "
+        "too), raise splits.test_fraction, or put some in test with the sheet's split column"
+    ]
+
+
+def test_a_class_of_one_patient_stops_every_per_seed_draw(tmp_path, capsys) -> None:
+    """One tumour patient lands in train, validation or test: train or test lacks it."""
+    rows = [(f"S{i}", "normal", "") for i in range(12)] + [("T", "tumor", "")]
+    for seed in range(3):
+        per_seed = ("--protocol", "per_seed", "--training-seed", str(seed))
+        status, lines = _split_command(capsys, tmp_path, rows, *per_seed)
+        (error,) = _errors(lines)
+        assert status == 1 and re.search(r": the (train|test) set has no 'tumor' slide", error)
+        # what make_splits warned first says why
+        assert any("split is random, not stratified: class 'tumor' has only 1" in x for x in lines)
+
+
+def test_a_class_missing_from_validation_warns_what_early_stopping_means(tmp_path, capsys):
+    """9 patients (the fixed protocol): test 3 (stratified), validation 1, so one class only."""
+    rows = [(f"S{i}", CLASSES[i % 2], "") for i in range(9)]
+    status, lines = _split_command(capsys, tmp_path, rows)
+    assert status == 0
+    (warning,) = [x for x in lines if x.startswith("WARNING span.data.cli: validation")]
+    assert re.fullmatch(
+        r"WARNING span\.data\.cli: validation has no '(normal|tumor)' slide \(slides per class: "
+        r"train .*\): its AUC is undefined, so early stopping and the checkpoint kept go by "
+        r"validation loss alone; test metrics are unaffected\. To avoid it: label more patients "
+        r"of .*",
+        warning,
+    )
+    sets = _by_split(read_splits(tmp_path / "splits.tsv"))
+    assert {r.label for r in sets["test"]} == set(CLASSES) and len(sets["val"]) == 1
+
+
+def test_class_checks_count_excluded_slides_and_name_a_class_without_slides() -> None:
+    rows, _ = make_splits(_sheet(30), CLASSES, excluded={"S0001": "no tissue patches"})
+    sets = labels_by_split(rows)
+    assert check_classes(sets, CLASSES, None, excluded=1) == []
+    with pytest.raises(SpanError) as err:
+        check_classes(sets, [*CLASSES, "other"], "s.tsv", excluded=1)
+    assert str(err.value).startswith("s.tsv: the train set has no 'other' slide (slides per ")
+    assert str(err.value).endswith(
+        "test normal 7, tumor 3, other 0; 1 excluded). Fix: label slides of 'other', or "
+        "remove it from the config's classes"
+    )
+    with pytest.raises(SpanError, match=r"only class 'normal' .* qc/summary\.tsv says why"):
+        check_classes({"train": ["normal"]}, CLASSES, None, excluded=2)

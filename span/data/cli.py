@@ -26,7 +26,13 @@ def _qc_summary(args: argparse.Namespace) -> None:
 def _split(args: argparse.Namespace) -> None:
     from span.data.qc_summary import summary_row
     from span.data.samplesheet import load_sample_sheet
-    from span.data.splits import EXCLUDED, make_splits, write_splits
+    from span.data.splits import (
+        EXCLUDED,
+        check_classes,
+        labels_by_split,
+        make_splits,
+        write_splits,
+    )
 
     samples = load_sample_sheet(args.samples, args.classes)
     reasons = {
@@ -40,7 +46,9 @@ def _split(args: argparse.Namespace) -> None:
         excluded=excluded,
         training_seed=args.training_seed,
     )
-    for warning in warnings:
+    for warning in warnings:  # first: they say why a class check below may fail
+        log.warning("%s", warning)
+    for warning in check_classes(labels_by_split(rows), args.classes, args.samples, len(excluded)):
         log.warning("%s", warning)
     write_splits(rows, args.out)
     counts = {s: sum(r.split == s for r in rows) for s in ("train", "val", "test", EXCLUDED)}

@@ -28,6 +28,14 @@ Rules, applied by `make_splits`:
 * A cut is stratified by patient label when every class present among its n patients has at least
   2 patients and both k and n - k are at least the number of classes present (scikit-learn's
   requirements); otherwise it is plain random and a warning says why.
+* Every class must reach train and test (`check_classes`, run by `span split` and again by
+  `span train`): a cohort whose labelled, kept slides have fewer than two classes, or a split
+  that leaves a class out of train or test, stops with one line of the counts per set. Without
+  a class in test its AUC, balanced accuracy and p-values are undefined or misleading; without
+  it in train the model never sees it. A class missing from validation only warns: early
+  stopping then goes by validation loss (its AUC is undefined), the test metrics keep their
+  meaning, and small cohorts (a class of 2 patients, a validation set of one slide) can still
+  run.
 * Patients are sorted by id, then cut with scikit-learn's `train_test_split(random_state=seed)`
   (per_seed: the drawn seed): the result depends only on (slide_id, patient, label, split) of the
   labelled slides (per_seed: not split), the exclusions, the classes, the protocol and the
@@ -306,6 +314,73 @@ def _assign(
         }
     rows = [SplitRow(s.slide_id, s.patient, s.label, assigned[_key(s)]) for s in labelled]
     return rows, warnings
+
+
+def labels_by_split(rows: Sequence[SplitRow]) -> dict[str, list[str]]:
+    """The labels of each set's slides (train, val, test; excluded slides left out)."""
+    return {name: [r.label for r in rows if r.split == name] for name in SPLITS}
+
+
+def _any_of(names: Sequence[str]) -> str:
+    """'a', 'a' or 'b', 'a', 'b' or 'c'."""
+    quoted = [repr(n) for n in names]
+    return " or ".join(filter(None, (", ".join(quoted[:-1]), quoted[-1])))
+
+
+def _count_text(counts: Mapping[str, Counter], classes: Sequence[str], excluded: int) -> str:
+    """'slides per class: train a 8, b 9; val a 1, b 0; test a 3, b 3; 2 excluded'."""
+    sets = "; ".join(
+        f"{name} " + ", ".join(f"{c} {counts[name][c]}" for c in classes) for name in SPLITS
+    )
+    return f"slides per class: {sets}" + (f"; {excluded} excluded" if excluded else "")
+
+
+def _missing_class_fix(name: str, missing: list[str], counts: Mapping[str, Counter]) -> str:
+    """How to give set `name` slides of the `missing` classes."""
+    if not any(counts[s][c] for s in SPLITS for c in missing):
+        return f"label slides of {_any_of(missing)}, or remove it from the config's classes"
+    larger = ", raise splits.test_fraction" if name == "test" else ""
+    return (
+        f"label more patients of {_any_of(missing)} (a class needs 2 to reach train and test, 3 "
+        f"to reach validation too){larger}, or put some in {name} with the sheet's split column"
+    )
+
+
+def check_classes(
+    sets: Mapping[str, Sequence[str]],
+    classes: Sequence[str],
+    where: str | Path | None,
+    excluded: int = 0,
+) -> list[str]:
+    """Stop (SpanError on `where`) when the labels per set (`labels_by_split`) have fewer than
+    two classes, or train or test lacks one; warn when validation lacks one (module doc)."""
+    counts = {name: Counter(sets.get(name, ())) for name in SPLITS}
+    text = _count_text(counts, classes, excluded)
+    present = [c for c in classes if any(counts[name][c] for name in SPLITS)]
+    if len(present) < 2:
+        found = f"only class {present[0]!r}" if present else "no class"
+        raise SpanError(
+            where,
+            f"{found} among the labelled slides that are not excluded, and a classifier needs "
+            f"two ({text})",
+            f"label slides of at least two of the classes {list(classes)}"
+            + ("; qc/summary.tsv says why slides are excluded" if excluded else ""),
+        )
+    for name in ("train", "test"):
+        if missing := [c for c in classes if not counts[name][c]]:
+            raise SpanError(
+                where,
+                f"the {name} set has no {_any_of(missing)} slide ({text})",
+                _missing_class_fix(name, missing, counts),
+            )
+    missing = [c for c in classes if not counts["val"][c]]
+    if not counts["val"] or not missing:
+        return []
+    return [
+        f"validation has no {_any_of(missing)} slide ({text}): its AUC is undefined, so early "
+        "stopping and the checkpoint kept go by validation loss alone; test metrics are "
+        f"unaffected. To avoid it: {_missing_class_fix('val', missing, counts)}"
+    ]
 
 
 def write_splits(rows: Sequence[SplitRow], path: str | Path) -> None:

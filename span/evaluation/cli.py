@@ -29,6 +29,7 @@ def _evaluate(args: argparse.Namespace) -> None:
         labels=_json_object(args.labels, "--labels"),
         sweep=args.sweep,
         protocol=args.protocol,
+        qc_summary=args.qc,
     )
     log.info("report: %s", out["report_md"])
 
@@ -85,6 +86,9 @@ def register(stages: argparse._SubParsersAction) -> None:
     e.add_argument("--labels", default="{}", help="JSON object: variant -> display name")
     e.add_argument("--sweep", help="the swept hyperparameter (the report shows sweep.png)")
     add_options(e, SplitSettings, ["protocol"])
+    e.add_argument(
+        "--qc", help="the cohort's qc/summary.tsv: the report lists its excluded unlabelled slides"
+    )
     e.add_argument("--out", required=True, help="folder for results.csv/.md, roc.png, report.md")
     e.set_defaults(func=_evaluate)
 

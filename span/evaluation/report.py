@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from span.atomic import write_text_atomic
+from span.data.qc_summary import read_exclusions
 from span.data.splits import shares_test_set
 from span.evaluation.plots import plot_roc
 from span.evaluation.results_files import write_results
@@ -56,16 +57,32 @@ def _recorded_pairs(infos: Sequence[dict], key: str, width: int) -> list[tuple]:
     return list(by_slide.values())
 
 
-def _slides_sections(infos: Sequence[dict]) -> list[str]:
+def _unlabelled_exclusions(qc_summary: Path | None, labelled: set[str]) -> list[tuple[str, str]]:
+    """The QC summary's excluded slides that no run records: the unlabelled ones."""
+    if qc_summary is None:
+        return []
+    return [
+        (e.slide_id, e.reason) for e in read_exclusions(qc_summary) if e.slide_id not in labelled
+    ]
+
+
+def _excluded_section(infos: Sequence[dict], qc_summary: Path | None) -> str:
+    """Every excluded slide with its reason: the labelled ones the runs record, then the
+    unlabelled ones of the QC summary."""
+    labelled = _recorded_pairs(infos, "excluded", 2)
+    unlabelled = _unlabelled_exclusions(qc_summary, {s for s, _ in labelled})
+    if not labelled and not unlabelled:
+        return "## Excluded slides\n\nNone.\n"
+    counts = f"{len(labelled)} labelled (left out of training, evaluation and predictions)"
+    if qc_summary is not None:
+        counts += f", {len(unlabelled)} unlabelled (not predicted)"
+    rows = "\n".join(f"| {cell(s)} | {cell(r)} |" for s, r in labelled + unlabelled)
+    return f"## Excluded slides\n\n{counts}.\n\n| Slide | Reason |\n|---|---|\n{rows}\n"
+
+
+def _slides_sections(infos: Sequence[dict], qc_summary: Path | None) -> list[str]:
     """The excluded slides and, when any, the slides that lost unreadable tiles."""
-    excluded = _recorded_pairs(infos, "excluded", 2)
-    if excluded:
-        ex = "| Slide | Reason |\n|---|---|\n" + "\n".join(
-            f"| {cell(s)} | {cell(r)} |" for s, r in excluded
-        )
-    else:
-        ex = "None."
-    parts = [f"## Excluded slides\n\n{ex}\n"]
+    parts = [_excluded_section(infos, qc_summary)]
     damaged = _recorded_pairs(infos, "bad_tiles", 3)
     if damaged:
         rows_md = "\n".join(
@@ -78,6 +95,11 @@ def _slides_sections(infos: Sequence[dict]) -> list[str]:
             f"|---|---|---|\n{rows_md}\n"
         )
     return parts
+
+
+def _split_warnings(infos: Sequence[dict]) -> list[str]:
+    """What the runs' splits leave undefined (a class missing from validation), as recorded."""
+    return [str(w) for info in infos for w in info.get("split_warnings") or []]
 
 
 def _splits_lines(protocol: str, classes: Sequence[str], result: VariantResult) -> list[str]:
@@ -122,16 +144,19 @@ def write_report(
     labels: Mapping[str, str] | None = None,
     sweep: str | None = None,
     protocol: str = "fixed",
+    qc_summary: str | Path | None = None,
 ) -> dict[str, Path]:
     """Write results.csv, results_per_seed.csv, results.md, roc.png and report.md; return paths.
 
     `labels` maps variants to display names; `sweep` names the hyperparameter of a sweep
     experiment, whose plot (sweep.png, written by `span sweep-plot`) the report then shows;
     `protocol` is splits.protocol (per_seed: every seed has its own test set).
-    Device, encoder weights, excluded slides and those that lost unreadable tiles are the
-    ones recorded in the runs' metrics.json.
+    Device, encoder weights, split warnings, excluded slides and those that lost unreadable
+    tiles are the ones recorded in the runs' metrics.json; `qc_summary` (qc/summary.tsv) adds
+    the excluded unlabelled slides.
     """
     out_dir = Path(out_dir)
+    qc_summary = None if qc_summary is None else Path(qc_summary)
     classes = list(classes)
     shared_test = shares_test_set(protocol)
     results = load_results(variants, reference, classes, labels, shared_test)
@@ -178,6 +203,7 @@ def write_report(
     if len(run_weights) > 1:
         meta.append(f"- **Runs used different encoder weights: {', '.join(run_weights)}**")
     parts.append("\n".join(meta) + "\n")
+    parts += [f"> **WARNING: {w}**\n" for w in unique_values(_split_warnings(infos))]
     parts.append(f"## Main results\n\n{caption}\n\n{table}\n")
     parts.append(
         f"## Seed-averaged predictions\n\n{_seed_averaged_intro(shared_test)}\n\n"
@@ -189,7 +215,7 @@ def write_report(
             f"## Sweep over {sweep}\n\nAccuracy and peak memory against {sweep} "
             f"(the paper's Figure 4):\n\n![Sweep over {sweep}]({SWEEP_PNG})\n"
         )
-    parts += _slides_sections(infos)
+    parts += _slides_sections(infos, qc_summary)
     parts.append(
         "## Appendix: per-seed results\n\n<details>\n<summary>Per-seed numbers</summary>\n\n"
         f"{per_seed_table(seed_rows, classes)}\n\n</details>\n"

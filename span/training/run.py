@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 import span
-from span.data.splits import EXCLUDED, read_splits
+from span.data.splits import EXCLUDED, check_classes, read_splits
 from span.device import resolve_device
 from span.errors import SpanError
 from span.memory import reduce_heap_fragmentation
@@ -88,8 +88,10 @@ def run_training(job: TrainingJob) -> dict:
     for slide, reason in excluded:
         log.warning("%s excluded from training and evaluation: %s", slide, reason)
     sets = {name: [b for b in bags if b.slide_id not in gone] for name, bags in sets.items()}
-    if not sets["train"]:
-        raise SpanError(job.splits, "no training slide with tissue patches", "check the splits")
+    labels = {name: [classes[b.label] for b in bags] for name, bags in sets.items()}
+    split_warnings = check_classes(labels, classes, job.splits, len(excluded))
+    for warning in split_warnings:
+        log.warning("%s", warning)
     if not sets["val"]:
         log.warning("no validation slides: the last epoch's model is kept")
     seed_everything(config.seed)
@@ -122,6 +124,7 @@ def run_training(job: TrainingJob) -> dict:
         "encoder_weights": cohort.weights,
         "slides": {name: len(bags) for name, bags in sets.items()},
         "excluded": excluded,
+        "split_warnings": split_warnings,
         "bad_tiles": cohort.damaged,
         "software": f"span-wsi {span.__version__}",
         **summary,

@@ -5,12 +5,14 @@
 
 rule evaluate:
     input:
-        lambda w: [
+        runs=lambda w: [
             LAYOUT.run(w.experiment, v, s, name)
             for v in EXPERIMENTS[w.experiment]
             for s in SEEDS
             for name in (FILES.METRICS_JSON, FILES.TEST_PREDICTIONS_CSV)
         ],
+        # Its excluded slides, unlabelled ones included, are listed in the report.
+        qc=LAYOUT.qc_summary,
     output:
         update(
             report(
@@ -61,7 +63,7 @@ rule evaluate:
     shell:
         "python -m span --log {log} evaluate {params.runs} --experiment {wildcards.experiment}"
         " --cohort {params.cohort} --classes {params.classes} --labels {params.labels}"
-        " {params.protocol} {params.sweep} --out {params.out}"
+        " {params.protocol} {params.sweep} --qc {input.qc} --out {params.out}"
 
 
 rule sweep_plot:
