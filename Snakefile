@@ -7,7 +7,10 @@ from pathlib import Path
 from snakemake.io import IOFile
 from snakemake.utils import min_version
 
+from span.run_lock import end_run, explain_lock_errors, record_run
+
 min_version("9.0")
+explain_lock_errors()  # a second run on this folder: one line, alive or killed
 
 
 configfile: "config/config.yaml"
@@ -34,11 +37,13 @@ onstart:
     # Backups of update() outputs left by a run that was killed mid-job: the job re-runs anyway
     # (incomplete), and a stale backup of a folder would make Snakemake's next backup fail.
     shutil.rmtree(Path(workflow.persistence.path, "backups"), ignore_errors=True)
+    record_run(workflow.persistence.path)
 
 
 onsuccess:
     from span.run_summary import exclusion_summary
 
+    end_run(workflow.persistence.path)
     if summary := exclusion_summary(LAYOUT.qc_summary):
         print(summary, file=sys.stderr)
 
@@ -46,6 +51,7 @@ onsuccess:
 onerror:
     from span.run_summary import exclusion_summary, failure_summary, outdate_restored
 
+    end_run(workflow.persistence.path)
     for summary in (exclusion_summary(LAYOUT.qc_summary), failure_summary(log)):
         if summary:
             print(summary, file=sys.stderr)
