@@ -9,8 +9,10 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import span
+from span.atomic import disk_full_error, is_disk_full
 from span.errors import SpanError
 
 log = logging.getLogger("span")
@@ -31,6 +33,8 @@ def _setup_logging(log_file: str | None) -> None:
         handler.setFormatter(fmt)
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # A log file on a full disk must not bury the job's one error line under tracebacks.
+    logging.raiseExceptions = False
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,7 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpanError as exc:
         log.error("%s", exc)
         return 1
-    except Exception:  # into the job's log file too, not only stderr
+    except Exception as exc:  # into the job's log file too, not only stderr
+        where = Path(getattr(exc, "filename", None) or Path.cwd())  # the file, if known
+        if is_disk_full(exc, where):  # a write outside span.atomic's
+            log.error("%s", disk_full_error(where))
+            return 1
         log.exception("unexpected error in `span %s` (a bug: please report it)", args.stage)
         return 1
     return 0

@@ -1,4 +1,5 @@
-"""HDF5 helpers shared by the patch and feature files: attribute encoding and clear errors."""
+"""HDF5 helpers shared by the patch and feature files: attribute encoding, checksummed
+datasets and clear errors (a damaged file that the workflow made is removed for its re-run)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from span.batches import forget_damaged
 from span.errors import SpanError
 
 #: Attributes holding lists of strings, stored as JSON text (HDF5 has no empty string lists).
@@ -48,6 +50,20 @@ def read_attrs(obj: h5py.HLObject) -> dict:
     return attrs
 
 
+def create_checked(f: h5py.Group, name: str, **kwargs: object) -> h5py.Dataset:
+    """A dataset with a Fletcher-32 checksum of each chunk (`h5py` keyword arguments), checked
+    by HDF5 on every read: data damaged after it was written fails, never reads as numbers."""
+    return f.create_dataset(name, fletcher32=True, **kwargs)
+
+
+def damaged_error(path: str | Path, reason: str, fix: str) -> SpanError:
+    """The one line for a damaged file; one that the workflow made is removed with what
+    vouches for it (`forget_damaged`), so that a re-run remakes it."""
+    if forget_damaged(path):
+        return SpanError(path, reason, "re-run: it was removed, and the run makes it again")
+    return SpanError(path, reason, fix)
+
+
 @contextlib.contextmanager
 def open_h5(path: str | Path, fix: str) -> Iterator[h5py.File]:
     """Open an HDF5 file for reading; a missing or damaged file is one clear SpanError."""
@@ -57,7 +73,7 @@ def open_h5(path: str | Path, fix: str) -> Iterator[h5py.File]:
     try:
         f = h5py.File(path, "r")
     except OSError as exc:
-        raise SpanError(path, f"unreadable HDF5 file ({exc})", fix) from exc
+        raise damaged_error(path, f"unreadable HDF5 file ({exc})", fix) from exc
     with f:
         yield f
 

@@ -4,14 +4,18 @@ and chunk where it stopped."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
+from span.atomic import disk_full_error
 from span.batches import SlideStore, read_manifest
 from span.errors import SpanError
 from span.features.encoders import build_encoder
@@ -24,6 +28,7 @@ from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic.tissue import render_tissue
 
 PATCHES = 12  # per slide
+ENOSPC = OSError(errno.ENOSPC, "Can't synchronously write data (errno = 28)")
 
 
 @pytest.fixture(scope="module")
@@ -130,3 +135,73 @@ def test_a_killed_batch_resumes_at_the_slide_and_chunk_where_it_stopped(slides, 
         a = read_feature_file(SlideStore(store).path(slide_id, ".h5"))
         b = read_feature_file(SlideStore(fresh).path(slide_id, ".h5"))
         np.testing.assert_array_equal(a.features, b.features)
+
+
+@pytest.mark.parametrize("seen", ["before the write", "by the write"])
+def test_a_full_disk_keeps_the_finished_slides_and_a_rerun_completes(
+    slides, encoder, tmp_path, monkeypatch, seen
+):
+    """The disk fills up at s1's second flush: one line, s0 kept, and the re-run with space
+    encodes s1 and s2 only, to the features of an uninterrupted run. Seen by the free-space
+    check before the write, s1's partial file is resumed; seen by HDF5's write (a quota, or a
+    race with another writer), it is deleted, since HDF5 may have left it inconsistent."""
+    flushes = []
+    store = SlideStore(tmp_path / ".store")
+    partial = partial_path(store.path("s1", ".h5"))
+
+    def full_at_second_flush(path):
+        flushes.append(path)
+        if flushes.count(partial) == 2:
+            raise (disk_full_error(path) if seen == "before the write" else ENOSPC)
+
+    if seen == "before the write":
+        monkeypatch.setattr(
+            "span.features.extract.require_space", lambda path, _: full_at_second_flush(path)
+        )
+    else:
+        write = h5py.Dataset.__setitem__
+
+        def fill_up(dataset, index, value):
+            if dataset.name == "/features":
+                full_at_second_flush(Path(dataset.file.filename))
+            write(dataset, index, value)
+
+        monkeypatch.setattr(h5py.Dataset, "__setitem__", fill_up)
+    with pytest.raises(SpanError) as caught:
+        run_extract_batch(slides, store, tmp_path / "m.tsv", encoder, OPTIONS)
+    assert str(caught.value).startswith(f"{partial}: disk full while writing (No space left")
+    assert str(caught.value).endswith("and re-run; finished slides and results are kept")
+    assert store.path("s0", ".h5").is_file() and (store.folder / "s0.key").is_file()
+    assert partial.exists() == (seen == "before the write")
+    assert not store.path("s1", ".h5").exists() and not (store.folder / "s1.key").exists()
+
+    monkeypatch.undo()
+    outcomes = run_extract_batch(slides, store, tmp_path / "m.tsv", encoder, OPTIONS)
+    assert [o.status for o in outcomes] == ["reused", "made", "made"]
+    fresh = SlideStore(tmp_path / "fresh")
+    run_extract_batch(slides, fresh, tmp_path / "fresh.tsv", encoder, OPTIONS)
+    for slide_id, *_ in slides:
+        a = read_feature_file(store.path(slide_id, ".h5")).features
+        np.testing.assert_array_equal(a, read_feature_file(fresh.path(slide_id, ".h5")).features)
+
+
+def test_a_damaged_features_file_is_re_extracted_alone(slides, encoder, tmp_path):
+    """Damaged in place after extraction (a link of the store's file, as the workflow makes
+    it): its read removes it from the store, with its batch's manifest, and the batch's re-run
+    encodes it alone."""
+    store = SlideStore(tmp_path / "features" / ".store")
+    manifest = tmp_path / "features" / "batches" / "extract" / "labelled-1.tsv"
+    run_extract_batch(slides, store, manifest, encoder, OPTIONS)
+    linked = tmp_path / "features" / "s1.h5"
+    os.link(store.path("s1", ".h5"), linked)
+    with h5py.File(linked, "r") as f:
+        offset = f["features"].id.get_chunk_info(0).byte_offset
+    with linked.open("r+b") as f:
+        f.seek(offset + 8)
+        f.write(b"\xff\xff")
+    with pytest.raises(SpanError, match=r"checksum mismatch.*Fix: re-run: it was removed"):
+        read_feature_file(linked)
+    assert not manifest.exists() and not linked.exists()
+    outcomes = run_extract_batch(slides, store, manifest, encoder, OPTIONS)
+    assert [o.status for o in outcomes] == ["reused", "made", "reused"]
+    assert len(read_feature_file(store.path("s1", ".h5"))) == PATCHES

@@ -3,16 +3,20 @@
 Rows are written in order into a hidden partial file, flushed every `flush_every` patches
 (a multiple of the batch size, so a resumed run sees the same batches as an uninterrupted
 one). A killed run resumes from the last flush; the final name appears only when the slide
-is complete (atomic rename). Memory stays bounded by one flush buffer whatever the slide.
+is complete (atomic rename). Memory stays bounded by one flush buffer whatever the slide. A
+write that fails (a full disk: one line) deletes the partial file, so a re-run starts the slide
+over rather than trust a file that HDF5 may have left inconsistent; the free space is checked
+before each write, since HDF5 crashes on a full disk (`span.atomic.require_space`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,13 +27,14 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 import span
+from span.atomic import reporting_disk_full, require_space
 from span.device import resolve_device
 from span.errors import SpanError
 from span.features.encoders import Encoder
 from span.features.feature_file import FEATURE_DTYPES
 from span.features.registry import ENCODERS, field_fix, field_problem
 from span.features.tiles import CohortTiles, SlideTiles, worker_init
-from span.h5io import write_attrs
+from span.h5io import create_checked, write_attrs
 from span.settings.options import check_values
 from span.settings.stages import ExtractSettings, tile_workers
 from span.slides.patch_file import PatchSet, read_patch_file
@@ -86,15 +91,21 @@ class PartialFeatures:
 
     def __init__(self, path: Path, n: int, dim: int, dtype: str, fingerprint: str) -> None:
         self.path = path
-        self.file = self._resume(path, n, dim, fingerprint)
-        if self.file is None:
-            self.file = h5py.File(path, "w")
-            chunk = (min(n, 256), dim) if n else None  # a slide without tissue: 0 rows
-            self.file.create_dataset("features", (n, dim), FEATURE_DTYPES[dtype], chunks=chunk)
-            self.file.create_dataset("ok", (n,), bool)
-            self.file.attrs["fingerprint"] = fingerprint
-            self.file.attrs["done"] = 0
-            self.file.flush()
+        with reporting_disk_full(path):  # a half-made file: _resume starts it over
+            self.file = self._resume(path, n, dim, fingerprint) or self._create(
+                path, n, dim, dtype, fingerprint
+            )
+
+    @staticmethod
+    def _create(path: Path, n: int, dim: int, dtype: str, fingerprint: str) -> h5py.File:
+        f = h5py.File(path, "w")
+        chunk = (min(n, 256), dim) if n else None  # a slide without tissue: 0 rows
+        create_checked(f, "features", shape=(n, dim), dtype=FEATURE_DTYPES[dtype], chunks=chunk)
+        f.create_dataset("ok", (n,), bool)
+        f.attrs["fingerprint"] = fingerprint
+        f.attrs["done"] = 0
+        f.flush()
+        return f
 
     @staticmethod
     def _resume(path: Path, n: int, dim: int, fingerprint: str) -> h5py.File | None:
@@ -117,27 +128,55 @@ class PartialFeatures:
     def done(self) -> int:
         return int(self.file.attrs["done"])
 
+    @property
+    def _slim(self) -> Path:
+        """The partial file's rewrite without the unreadable rows (`_drop_rows`)."""
+        return self.path.with_name(f"{self.path.stem}.slim.h5")
+
+    @contextlib.contextmanager
+    def _deleted_on_failure(self) -> Iterator[None]:
+        """Delete the partial file if the writes inside fail (a full disk: one line)."""
+        try:
+            with reporting_disk_full(self.path):
+                yield
+        except Exception:
+            with contextlib.suppress(OSError, RuntimeError):  # closing flushes: may fail again
+                self.close()
+            self.path.unlink(missing_ok=True)
+            self._slim.unlink(missing_ok=True)
+            raise
+
     def write(self, start: int, features: np.ndarray, ok: np.ndarray) -> None:
-        """Store rows start..start+len and advance `done` only after the data is flushed."""
+        """Store rows start..start+len and advance `done` only after the data is flushed (a
+        disk without room for them: one line, the file kept to resume from)."""
         stop = start + len(features)
-        self.file["features"][start:stop] = features
-        self.file["ok"][start:stop] = ok
-        self.file.flush()
-        self.file.attrs["done"] = stop
-        self.file.flush()
+        require_space(self.path, features.nbytes + ok.nbytes)
+        with self._deleted_on_failure():
+            self.file["features"][start:stop] = features
+            self.file["ok"][start:stop] = ok
+            self.file.flush()
+            self.file.attrs["done"] = stop
+            self.file.flush()
 
     def finalize(self, out: Path, patches: PatchSet, attrs: dict) -> np.ndarray:
         """Keep the readable rows, add coords, grid, bad_tiles and attributes, then rename into
         place. Returns the level-0 coords of the unreadable tiles (left out of the bag)."""
         ok = self.file["ok"][:]
+        features = self.file["features"]
+        kept = 0 if ok.all() else int(ok.sum()) * features.nbytes // max(len(ok), 1)
+        require_space(self.path, kept + 40 * len(ok))  # the rewrite, coords, grid, bad tiles
+        with self._deleted_on_failure():
+            return self._finalize(ok, out, patches, attrs)
+
+    def _finalize(self, ok: np.ndarray, out: Path, patches: PatchSet, attrs: dict) -> np.ndarray:
         del self.file["ok"]
         if not ok.all():
             self._drop_rows(ok)
         f = self.file
         coords = np.asarray(patches.coords, np.int64).reshape(-1, 2)
-        f.create_dataset("coords", data=coords[ok])
-        f.create_dataset("grid", data=np.asarray(patches.grid, np.int32).reshape(-1, 2)[ok])
-        f.create_dataset("bad_tiles", data=coords[~ok])
+        create_checked(f, "coords", data=coords[ok])
+        create_checked(f, "grid", data=np.asarray(patches.grid, np.int32).reshape(-1, 2)[ok])
+        create_checked(f, "bad_tiles", data=coords[~ok])
         for key in ("fingerprint", "done"):
             del f.attrs[key]
         share = float(np.count_nonzero(~ok) / len(ok)) if len(ok) else 0.0
@@ -151,10 +190,12 @@ class PartialFeatures:
         not an in-place delete, so the file keeps no dead space)."""
         src = self.file["features"]
         kept = int(ok.sum())
-        slim = self.path.with_name(f"{self.path.stem}.slim.h5")
+        slim = self._slim
         with h5py.File(slim, "w") as g:
             chunk = (min(kept, 256), src.shape[1]) if kept else None
-            dst = g.create_dataset("features", (kept, src.shape[1]), src.dtype, chunks=chunk)
+            dst = create_checked(
+                g, "features", shape=(kept, src.shape[1]), dtype=src.dtype, chunks=chunk
+            )
             at = 0
             for start in range(0, len(ok), block):
                 rows = src[start : start + block][ok[start : start + block]]

@@ -4,7 +4,9 @@ The layout is a superset of CLAM's and TRIDENT's (`features` + `coords`), so the
 load ours; `grid` is what SPAN consumes. The patch file's attributes are copied over. Rows are
 the readable patches only: `bad_tiles` holds the level-0 coordinates (K x 2) of the tiles that
 could not be read and were left out, and the attributes `tiles_total` and `bad_tile_share`
-say how many patches the slide had and which share of them was lost.
+say how many patches the slide had and which share of them was lost. Every dataset carries
+HDF5's Fletcher-32 checksum (`create_checked`): a file damaged after it was written fails on
+read with one line, and a file the workflow made is removed so that the next run re-extracts it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,16 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from span.atomic import atomic_output
+from span.atomic import atomic_output, require_space
 from span.errors import SpanError
-from span.h5io import open_h5, read_attrs, require_datasets, write_attrs
+from span.h5io import (
+    create_checked,
+    damaged_error,
+    open_h5,
+    read_attrs,
+    require_datasets,
+    write_attrs,
+)
 
 FEATURE_DTYPES = {"float32": np.float32, "float16": np.float16}
 
@@ -41,12 +50,13 @@ class FeatureSet:
 
 
 def write_feature_file(path: str | Path, fs: FeatureSet) -> None:
-    """Write a complete features file atomically."""
+    """Write a complete features file atomically (a full disk: one line, checked first)."""
+    require_space(path, fs.features.nbytes + 2 * np.asarray(fs.coords).nbytes)  # + grid
     with atomic_output(path) as tmp, h5py.File(tmp, "w") as f:
-        f.create_dataset("features", data=fs.features)
-        f.create_dataset("coords", data=np.asarray(fs.coords, np.int64).reshape(-1, 2))
-        f.create_dataset("grid", data=np.asarray(fs.grid, np.int32).reshape(-1, 2))
-        f.create_dataset("bad_tiles", data=np.asarray(fs.bad_tiles, np.int64).reshape(-1, 2))
+        create_checked(f, "features", data=fs.features)
+        create_checked(f, "coords", data=np.asarray(fs.coords, np.int64).reshape(-1, 2))
+        create_checked(f, "grid", data=np.asarray(fs.grid, np.int32).reshape(-1, 2))
+        create_checked(f, "bad_tiles", data=np.asarray(fs.bad_tiles, np.int64).reshape(-1, 2))
         write_attrs(f, {**fs.attrs, "feature_dim": fs.feature_dim})
 
 
@@ -65,8 +75,10 @@ def read_feature_file(
             coords = f["coords"][:]
             grid = f["grid"][:]
             bad = f["bad_tiles"][:] if "bad_tiles" in f else np.zeros((0, 2), np.int64)
-        except OSError as exc:
-            raise SpanError(path, f"damaged dataset ({exc})", fix) from exc
+        except OSError as exc:  # a checksum that does not match, or data cut off
+            raise damaged_error(
+                path, f"damaged data, checksum mismatch or cut off ({exc})", fix
+            ) from exc
         attrs = read_attrs(f) if with_attrs else {}
     if features.ndim != 2 or len(features) != len(coords) or len(grid) != len(coords):
         raise SpanError(
