@@ -59,8 +59,9 @@ TINY = EncoderInfo(
 )
 
 #: The ViT-g entries (1.1B parameters): build + forward 20-21 s on 2 CPU cores, 45 s on busy
-#: ones (uni2-h, virchow and virchow2: 10-25 s, uni and gpfm 7-17 s).
-SLOW = {"h-optimus-0", "h-optimus-1", "prov-gigapath"}
+#: ones (uni2-h, virchow and virchow2: 10-25 s, uni and gpfm 7-17 s); CONCH v1.5's ViT-L at
+#: 448 px (four times UNI's tokens).
+SLOW = {"h-optimus-0", "h-optimus-1", "prov-gigapath", "midnight-12k", "openmidnight", "conch-v15"}
 
 
 @pytest.fixture
@@ -110,6 +111,23 @@ def test_published_facts():
     assert ENCODERS["kaiko-vitb8"].mean == ENCODERS["kaiko-vits16"].std == (0.5, 0.5, 0.5)
     assert ENCODERS["lunit-vits8"].mean == (0.70322989, 0.53606487, 0.66096631)
     assert ENCODERS["gpfm"].hub_file == "GPFM.pth"
+    conch, midnight, om = ENCODERS["conch-v15"], ENCODERS["midnight-12k"], ENCODERS["openmidnight"]
+    assert (conch.input_size, conch.resize_to, conch.outputs["attn_pool"].dim) == (448, 448, 768)
+    assert (conch.hub_file, conch.amp_dtype, conch.head) == (
+        "pytorch_model_vision.bin",
+        "float16",
+        "conch",
+    )
+    assert (midnight.outputs["cls_mean"].dim, midnight.mean, midnight.layout) == (
+        3072,
+        (0.5, 0.5, 0.5),
+        "dinov2-hf",
+    )
+    assert (om.hub_file, om.layout, om.mean) == (
+        "teacher_checkpoint_load.pt",
+        "dinov2-meta",
+        (0.485, 0.456, 0.406),
+    )
     for name in ("resnet50", "resnet18", "phikon-v2", "kaiko-vits8", "lunit-vits8"):
         assert ENCODERS[name].amp_dtype == "float32", name  # as TRIDENT runs them
     expected = {
@@ -120,6 +138,9 @@ def test_published_facts():
         "h-optimus-0": 1.13e9,
         "prov-gigapath": 1.13e9,
         "gpfm": 303e6,
+        "midnight-12k": 1.13e9,
+        "openmidnight": 1.13e9,
+        "conch-v15": 306e6,  # a ViT-L trunk (UNI's 303M) + the pooler (2 x 768^2 + 1024 x 1536)
         "kaiko-vits16": 21.7e6,
         "kaiko-vitb8": 85.8e6,
         "lunit-vits8": 21.7e6,
@@ -450,7 +471,7 @@ def test_phikon_v2_layout_is_converted_exactly():
     with torch.inference_mode():
         expected = hf(pixel_values=x).last_hidden_state[:, 0]
         for state in (v5, v4):
-            vit.load_state_dict(dinov2_hf_to_timm(state))
+            vit.load_state_dict(dinov2_hf_to_timm(state, (14, 14)))
             torch.testing.assert_close(ViTEmbedding(vit.eval(), "cls")(x), expected)
 
 

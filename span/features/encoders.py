@@ -1,6 +1,7 @@
 """Patch encoders built from the registry (`registry.py`): architecture, output, weights.
 
-The ResNets come from torchvision, the pathology foundation models from timm. Weights are
+The ResNets come from torchvision, the pathology foundation models from timm (CONCH v1.5's
+vision tower: a timm trunk under its attentional pooler, written here). Weights are
 `imagenet` (the ResNets: torchvision's cache, downloaded on first use; the entry's first
 weights, or `imagenet:<member>` such as IMAGENET1K_V1), `hf-hub` (the model's
 Hugging Face repository, through huggingface_hub's cache), a local checkpoint (state dict or
@@ -15,9 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from span.errors import SpanError
+from span.features.convert import DINO_OFFSET, resample_grid
 from span.features.registry import (
     ENCODERS,
     IMAGENET_MEAN,
@@ -34,7 +37,7 @@ from span.features.weights import (
     hub_checkpoint,
     hub_preflight,
     load_checkpoint,
-    read_state_dict,
+    published_state,
     sha256_of,
 )
 
@@ -79,6 +82,56 @@ class ViTEmbedding(nn.Module):
         return torch.cat([cls, tokens[:, self.vit.num_prefix_tokens :].mean(1)], dim=1)
 
 
+class AttentionalPooler(nn.Module):
+    """Learned queries attending to a ViT's tokens (CoCa's pooler, as CONCH uses it): queries
+    and tokens each layer-normalised, multi-head attention without biases. Tensor names are
+    CONCH's (`query`, `ln_q`, `ln_k`, `to_q`, `to_kv`, `to_out`)."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int, queries: int = 1) -> None:
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Parameter(torch.randn(queries, dim))
+        self.ln_q = nn.LayerNorm(dim)
+        self.ln_k = nn.LayerNorm(context_dim)
+        self.to_q = nn.Linear(dim, dim, bias=False)
+        self.to_kv = nn.Linear(context_dim, 2 * dim, bias=False)
+        self.to_out = nn.Linear(dim, dim, bias=False)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens, context_dim) -> (batch, queries, dim)."""
+        q = self.to_q(self.ln_q(self.query)).expand(len(tokens), -1, -1)
+        k, v = self.to_kv(self.ln_k(tokens)).chunk(2, dim=-1)
+        q, k, v = (t.unflatten(-1, (self.heads, -1)).transpose(1, 2) for t in (q, k, v))
+        return self.to_out(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2))
+
+
+class ConchVisionTower(nn.Module):
+    """CONCH v1.5's image embedding: a timm ViT trunk (built with `dynamic_img_size`) whose
+    position grid is resampled to the input's at run time the DINO way, as TRIDENT's vendored
+    iBOT ViT does; its final-norm tokens (class token included) pooled by one learned query,
+    then a LayerNorm. Tensor names are the published checkpoint's (`trunk.*`,
+    `attn_pool_contrast.*`, `ln_contrast.*`)."""
+
+    def __init__(self, trunk: nn.Module, dim: int = 768, heads: int = 8) -> None:
+        super().__init__()
+        self.trunk = trunk
+        self.attn_pool_contrast = AttentionalPooler(dim, trunk.embed_dim, heads)
+        self.ln_contrast = nn.LayerNorm(dim)
+
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The trunk's final-norm tokens, the class token first."""
+        trunk = self.trunk
+        patches = trunk.patch_embed(x)  # (batch, rows, columns, dim)
+        pos = trunk.pos_embed
+        grid = resample_grid(pos[:, 1:], patches.shape[1:3], offset=DINO_OFFSET)
+        cls = trunk.cls_token.expand(len(x), -1, -1)
+        tokens = torch.cat([cls, patches.flatten(1, 2)], 1) + torch.cat([pos[:, :1], grid], 1)
+        return trunk.norm(trunk.blocks(trunk.norm_pre(tokens)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_contrast(self.attn_pool_contrast(self.tokens(x))[:, 0])
+
+
 def build_architecture(info: EncoderInfo, imagenet: str = "") -> nn.Module:
     """The full model with freshly initialised weights, or torchvision's ImageNet weights of
     that enum member (e.g. IMAGENET1K_V2)."""
@@ -93,7 +146,8 @@ def build_architecture(info: EncoderInfo, imagenet: str = "") -> nn.Module:
     if info.swiglu:
         extra = {"mlp_layer": timm.layers.SwiGLUPacked, "act_layer": nn.SiLU}
     kwargs = {**info.kwargs, **extra, "global_pool": "", "num_classes": 0}
-    return timm.create_model(info.arch, pretrained=False, **kwargs)
+    vit = timm.create_model(info.arch, pretrained=False, **kwargs)
+    return ConchVisionTower(vit) if info.head == "conch" else vit
 
 
 def cut(info: EncoderInfo, layer: str, model: nn.Module) -> nn.Module:
@@ -101,6 +155,8 @@ def cut(info: EncoderInfo, layer: str, model: nn.Module) -> nn.Module:
     pooling = info.outputs[layer].pooling
     if info.family == "torchvision":
         return _ResNetCut(model, pooling)
+    if pooling == "attn_pool":  # the whole vision tower is the output
+        return model
     return ViTEmbedding(model, pooling)
 
 
@@ -236,9 +292,7 @@ def preflight(name: str, layer: str | None, weights: str) -> None:
     with torch.device("meta"):
         model = build_architecture(info)
     problem = fit_problem(
-        model,
-        cut(info, layer, model),
-        read_state_dict(path, how_to_get(info), info.layout, shapes_only=True),
+        model, cut(info, layer, model), published_state(info, model, path, shapes_only=True)
     )
     if problem:
         raise SpanError(path, f"not a {name} checkpoint: {problem}", how_to_get(info))

@@ -16,7 +16,8 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 #: H-optimus-0's colour statistics, from its hub config.json.
 HOPTIMUS_MEAN = (0.707223, 0.578729, 0.703617)
 HOPTIMUS_STD = (0.211883, 0.230117, 0.177517)
-#: kaiko.ai's (TRIDENT's constants) and Lunit's (github.com/lunit-io/benchmark-ssl-pathology).
+#: kaiko.ai's (TRIDENT's constants; Midnight-12k's card) and Lunit's
+#: (github.com/lunit-io/benchmark-ssl-pathology).
 KAIKO_MEAN = KAIKO_STD = (0.5, 0.5, 0.5)
 LUNIT_MEAN = (0.70322989, 0.53606487, 0.66096631)
 LUNIT_STD = (0.21716536, 0.26081574, 0.20723464)
@@ -30,7 +31,9 @@ class Output:
     """One output of an encoder: its width and which activations make it."""
 
     dim: int
-    pooling: str  # "cls", "cls_mean" (class token + mean of patch tokens), or a ResNet stage
+    #: "cls", "cls_mean" (class token + mean of patch tokens), "attn_pool" (CONCH's attentional
+    #: pooler and LayerNorm over all tokens), or a ResNet stage
+    pooling: str
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,10 @@ class EncoderInfo:
     #: first is what `weights: imagenet` means.
     imagenet: tuple[str, ...] = ()
     amp_dtype: str = "float16"  # CUDA autocast dtype (TRIDENT's); float32 = no autocast
-    layout: str = "timm"  # tensor names of the published checkpoint: "timm" or "dinov2-hf"
+    #: tensor names of the published checkpoint: "timm" (as built here), "dinov2-hf"
+    #: (transformers' Dinov2Model) or "dinov2-meta" (facebookresearch/dinov2 with registers)
+    layout: str = "timm"
+    head: str = ""  # "conch": the timm trunk inside CONCH v1.5's vision tower (encoders.py)
     licence: str = ""
     source: str = ""
     unconfirmed: str = ""  # facts not checked against a primary source
@@ -378,9 +384,10 @@ ENCODERS: dict[str, EncoderInfo] = {
             f"{_TRIDENT} (Resize 224 bilinear, CenterCrop 224, ImageNet mean/std, float32); "
             "tensors renamed from transformers' layout to timm's by span/features/convert.py "
             "(tested against transformers' Dinov2Model)",
-            unconfirmed="its config.json (ViT-L/16 with layer scale, no registers and a "
-            "14 x 14 position grid are assumed: a checkpoint that differs is refused, never "
-            "resampled), the licence terms, magnification, and whether it is gated",
+            unconfirmed="its config.json (ViT-L/16 with layer scale and no registers are "
+            "assumed: a checkpoint that differs is refused; another position grid than 14 x 14 "
+            "is resampled as transformers does), the licence terms, magnification, and whether "
+            "it is gated",
         ),
         _vit(
             "gpfm",
@@ -427,6 +434,82 @@ ENCODERS: dict[str, EncoderInfo] = {
             "from the hub config, float32)",
             unconfirmed="the hub config.json's resize interpolation and crop (bilinear, no "
             "crop here), magnification (trained at 20x and 40x), whether it is gated",
+        ),
+        _vit(
+            "conch-v15",
+            title="CONCH v1.5 vision tower, ViT-L/16 at 448 px + attentional pooler",
+            arch="vit_large_patch16_224",
+            kwargs={
+                "img_size": 224,
+                "init_values": 1.0,
+                "num_classes": 0,
+                "dynamic_img_size": True,
+            },
+            head="conch",
+            outputs={"attn_pool": Output(768, "attn_pool")},
+            default_output="attn_pool",
+            input_size=448,
+            resize_to=448,
+            patch_px=512,
+            hub_repo="MahmoodLab/conchv1_5",
+            hub_file="pytorch_model_vision.bin",
+            licence="CC-BY-NC-ND 4.0, gated (accept the terms on Hugging Face)",
+            source=f"{_TRIDENT} and its model_zoo/conchv1_5/conchv1_5.py (iBOT ViT-L/16 built "
+            "at 224 px with init_values=1.0, run at 448 px with the 14 x 14 position grid "
+            "resampled at run time: bicubic, scale factor (28 + 0.1) / 14; attentional pooler "
+            "over all tokens: one query, 8 heads, 1024 -> 768, then LayerNorm(768); Resize 448 "
+            "bilinear, CenterCrop 448, ImageNet mean/std, float16; pytorch_model_vision.bin "
+            "loaded strictly); TRIDENT's README (512-px patches at 20x); written here on timm, "
+            "not copied, and checked against TRIDENT's module with random weights",
+            unconfirmed="the checkpoint's position grid (14 x 14, as TRIDENT's model is built: "
+            "another is refused, not resampled), the conchv1_5 card's licence text (CONCH's is "
+            "CC-BY-NC-ND 4.0, gated) and magnification (20x is TRIDENT's advice, not checked "
+            "at start-up)",
+        ),
+        _vit(
+            "midnight-12k",
+            title="Midnight-12k, ViT-g/14 (DINOv2), SwiGLU",
+            arch="vit_giant_patch14_dinov2",
+            kwargs={"img_size": 224, "num_classes": 0},
+            outputs={"cls_mean": Output(3072, "cls_mean"), "cls": Output(1536, "cls")},
+            default_output="cls_mean",
+            mean=KAIKO_MEAN,
+            std=KAIKO_STD,
+            hub_repo="kaiko-ai/midnight",
+            layout="dinov2-hf",
+            licence="MIT; open",
+            source="huggingface.co/kaiko-ai/midnight and github.com/kaiko-ai/Midnight README "
+            "(transformers AutoModel; base model facebook/dinov2-giant; 224 x 224 inputs, "
+            "Resize 224, CenterCrop 224, mean/std 0.5; classification embedding = class token "
+            "+ mean of the 16 x 16 patch tokens = 3072-d; MIT); arXiv 2504.05186; "
+            f"{_TRIDENT} (float16); tensors renamed from transformers' layout by "
+            "span/features/convert.py, the position grid resampled as transformers does",
+            unconfirmed="its config.json (ViT-g/14 without registers and SwiGLU are its base "
+            "model's, and no registers fits the card's 16 x 16 patch tokens; a checkpoint that "
+            "differs is refused), magnification (trained at several)",
+        ),
+        _vit(
+            "openmidnight",
+            title="OpenMidnight, ViT-g/14 with 4 registers (DINOv2), SwiGLU",
+            arch="vit_giant_patch14_reg4_dinov2",
+            kwargs={"img_size": 224, "num_classes": 0},
+            outputs={"cls": Output(1536, "cls")},
+            default_output="cls",
+            hub_repo="SophontAI/OpenMidnight",
+            hub_file="teacher_checkpoint_load.pt",
+            layout="dinov2-meta",
+            licence="see the model card (huggingface.co/SophontAI/OpenMidnight); training code "
+            "Apache-2.0",
+            source=f"{_TRIDENT} (torch.hub dinov2_vitg14_reg with the checkpoint's pos_embed, "
+            "teacher_checkpoint_load.pt loaded strictly, class token after the final norm, "
+            "Resize (224, 224) bilinear without crop, ImageNet mean/std, float16); "
+            "github.com/MedARC-AI/OpenMidnight (vitg14_reg4.yaml: SwiGLU, 4 registers; teacher "
+            "trained on 224-px global crops, so a 16 x 16 position grid); tensors renamed by "
+            "span/features/convert.py",
+            unconfirmed="the weights' licence and gating, magnification; whether "
+            "teacher_checkpoint_load.pt loads with weights_only=True (TRIDENT loads it with "
+            "weights_only=False; a file holding more than tensors is refused with its line); "
+            "a grid other than 16 x 16 is resampled as DINOv2's register models do at run time",
         ),
     )
 }

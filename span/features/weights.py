@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from span.errors import SpanError
-from span.features.convert import dinov2_hf_to_timm
+from span.features.convert import TO_TIMM
 from span.features.registry import EncoderInfo
 
 #: Checkpoint files looked up in a hub repository, in this order (timm's own order).
@@ -42,13 +42,10 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_state_dict(
-    path: Path, fix: str, layout: str = "timm", shapes_only: bool = False
-) -> dict[str, torch.Tensor]:
+def read_state_dict(path: Path, fix: str, shapes_only: bool = False) -> dict[str, torch.Tensor]:
     """A checkpoint's tensors (safetensors, or torch's format memory-mapped), unwrapped from
-    `state_dict`/`model` and DataParallel's `module.` prefix, renamed to timm's layout when
-    published in transformers' Dinov2 one. `shapes_only`: safetensors come back as meta
-    tensors read from the header (a check reads no weights)."""
+    `state_dict`/`model` and DataParallel's `module.` prefix. `shapes_only`: safetensors come
+    back as meta tensors read from the header (a check reads no weights)."""
     try:
         if path.suffix == ".safetensors":
             from safetensors import safe_open
@@ -71,8 +68,19 @@ def read_state_dict(
             state = state[key]
     if not isinstance(state, dict):
         raise SpanError(path, "checkpoint is not a state dict", fix)
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    return dinov2_hf_to_timm(state) if layout == "dinov2-hf" else state
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def published_state(
+    info: EncoderInfo, model: nn.Module, path: Path, shapes_only: bool = False
+) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors under `model`'s names: renamed from the encoder's published
+    layout (`info.layout`) to timm's, its position grid resampled to the model's as the
+    published code does at run time."""
+    state = read_state_dict(path, how_to_get(info), shapes_only)
+    if info.layout == "timm":
+        return state
+    return TO_TIMM[info.layout](state, tuple(model.patch_embed.grid_size))
 
 
 def needed_keys(model: nn.Module, used: nn.Module) -> set[str]:
@@ -108,11 +116,10 @@ def fit_problem(model: nn.Module, used: nn.Module, state: dict) -> str | None:
 
 def load_checkpoint(info: EncoderInfo, model: nn.Module, used: nn.Module, path: Path) -> None:
     """Load a checkpoint into `model`; every tensor of the `used` part must come from it."""
-    fix = how_to_get(info)
-    state = read_state_dict(path, fix, info.layout)
+    state = published_state(info, model, path)
     problem = fit_problem(model, used, state)
     if problem:
-        raise SpanError(path, f"not a {info.name} checkpoint: {problem}", fix)
+        raise SpanError(path, f"not a {info.name} checkpoint: {problem}", how_to_get(info))
     needed = needed_keys(model, used)
     model.load_state_dict({k: v for k, v in state.items() if k in needed}, strict=False)
 
