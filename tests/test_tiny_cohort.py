@@ -291,23 +291,30 @@ def test_a_bad_variant_stops_the_run_before_any_job(tiny_run):
 
 def test_per_seed_splits_train_and_test_each_seed_on_its_own_split(tiny_run):
     """Run last (it retrains ABMIL on other splits): under splits.protocol per_seed, seed k's
-    run reads splits/seed<k>.tsv, drawn with the sheet's split column pooled."""
+    run reads splits/seed<k>.tsv, drawn with the sheet's split column pooled. The authors'
+    70/15/15 of 8 patients tests one slide, so one class: the split job stops, nothing trains."""
     from span.data.splits import read_splits
 
     tmp_path, config, _ = tiny_run
     edited = {**config, "splits": {"protocol": "per_seed"}}
     targets = [TINY.run("tiny", "abmil", seed, files.TEST_PREDICTIONS_CSV) for seed in (0, 1)]
     res = snakemake(tmp_path, "--cores", "2", *targets, config=edited)
+    assert res.returncode != 0 and "rule train" not in res.stdout
+    log = (tmp_path / TINY.log("split_per_seed", "seed0")).read_text()
+    assert "the test set has no " in log and "raise splits.test_fraction" in log
+
+    edited["splits"] |= {"test_fraction": 0.25, "val_fraction": 0.34}  # 2 and 2 of 8 patients
+    res = snakemake(tmp_path, "--cores", "2", *targets, config=edited)
     assert res.returncode == 0, res.stdout[-3000:]
     for seed in (0, 1):
         rows = read_splits(tmp_path / TINY.seed_splits(seed))
         sets = {name: {r.slide_id for r in rows if r.split == name} for name in ("train", "test")}
-        assert (len(sets["train"]), len(sets["test"])) == (6, 1)  # 8 patients: 70/15/15
+        assert (len(sets["train"]), len(sets["test"])) == (4, 2)
         with (tmp_path / TINY.run("tiny", "abmil", seed, files.TEST_PREDICTIONS_CSV)).open() as f:
             assert {r["slide_id"] for r in csv.DictReader(f)} == sets["test"]
         run = json.loads(
             (tmp_path / TINY.run("tiny", "abmil", seed, files.METRICS_JSON)).read_text()
         )
-        assert run["slides"] == {"train": 6, "val": 1, "test": 1}
+        assert run["slides"] == {"train": 4, "val": 2, "test": 2}
     log = (tmp_path / TINY.log("split_per_seed", "seed1")).read_text()
     assert "the sheet's split column is ignored" in log
