@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from span.data.splits import SplitRow, write_splits
+from span.data.splits import SplitRow, read_splits, write_splits
 from span.errors import SpanError
 from span.features.feature_file import FeatureSet, read_feature_file, write_feature_file
 from span.models import build_model
@@ -99,9 +99,10 @@ def test_same_seed_same_run_and_checkpoint_round_trip(tmp_path):
     assert (tmp_path / "a" / "history.csv").read_text().split("\n")[1].split(",")[:5] == (
         (tmp_path / "b" / "history.csv").read_text().split("\n")[1].split(",")[:5]
     )
+    # byte-identical files (no temporary file's name in the archive), loadable as weights only
+    for name in ("checkpoint.pt", "feature_stats.pt"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
-    b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
-    assert all(torch.equal(a[k], b[k]) for k in a)
     # the run turned on deterministic kernels, warning (not failing) where an op has none
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.is_deterministic_algorithms_warn_only_enabled()
@@ -149,6 +150,36 @@ def test_empty_slides_are_excluded_with_a_reason(tmp_path):
     assert metrics["slides"]["train"] == 7
 
 
+def relabel(splits, slide_ids: set[str], label: str) -> None:
+    """Give the slides `slide_ids` of a splits file `label`, as a split edited by hand."""
+    rows = read_splits(splits)
+    write_splits([replace(r, label=label) if r.slide_id in slide_ids else r for r in rows], splits)
+
+
+def test_a_split_without_a_class_in_test_is_refused_before_training(tmp_path):
+    splits, features = write_cohort(tmp_path, 12)  # test: s010 normal, s011 tumor
+    relabel(splits, {"s011"}, "normal")
+    with pytest.raises(SpanError) as err:
+        train_abmil(splits, features, TrainConfig(epochs=1), tmp_path / "run")
+    assert str(err.value) == (
+        f"{splits}: the test set has no 'tumor' slide (slides per class: train normal 4, "
+        "tumor 4; val normal 1, tumor 1; test normal 2, tumor 0). Fix: label more patients of "
+        "'tumor' (a class needs 2 to reach train and test, 3 to reach validation too), raise "
+        "splits.test_fraction, or put some in test with the sheet's split column"
+    )
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_class_missing_from_validation_is_recorded_for_the_report(tmp_path):
+    splits, features = write_cohort(tmp_path, 12)  # val: s008 normal, s009 tumor
+    relabel(splits, {"s009"}, "normal")
+    metrics = train_abmil(splits, features, TrainConfig(epochs=1), tmp_path / "run")
+    (warning,) = metrics["split_warnings"]
+    assert warning.startswith("validation has no 'tumor' slide (slides per class: train normal")
+    assert "early stopping and the checkpoint kept go by validation loss alone" in warning
+    assert np.isnan(metrics["best_val_auc"])
+
+
 def test_mixed_feature_widths_are_one_clear_error(tmp_path):
     splits, features = write_cohort(tmp_path, 6)
     rng = np.random.default_rng(1)
@@ -193,7 +224,7 @@ def test_imported_files_without_an_encoder_name_it_and_the_config_keys(tmp_path)
 
 
 def test_unknown_hyperparameter_is_one_clear_error(tmp_path):
-    splits, features = write_cohort(tmp_path, 6)
+    splits, features = write_cohort(tmp_path, 12)
     with pytest.raises(SpanError, match="no hyperparameter"):
         run_training(
             TrainingJob(

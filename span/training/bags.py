@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from span.atomic import atomic_output
+from span.atomic import save_torch
 from span.errors import SpanError
 from span.features.feature_file import read_feature_file
 from span.h5io import open_h5, read_attrs
@@ -128,8 +128,7 @@ class FeatureStats:
 
     def save(self, path: Path) -> None:
         """Write atomically (loadable with `weights_only=True`)."""
-        with atomic_output(path) as tmp:
-            torch.save({"mean": self.mean, "std": self.std}, tmp)
+        save_torch(path, {"mean": self.mean, "std": self.std})
 
     @classmethod
     def load(cls, path: Path) -> FeatureStats:

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from span.atomic import atomic_output, write_text_atomic
+from span.atomic import save_torch, write_text_atomic
 from span.memory import peak_rss_mb, reset_peak_rss
 from span.metrics import accuracy, auc
 from span.models.base import MILModel
@@ -215,8 +215,7 @@ def train_model(
         )
         if not val_bags or _is_better(val_auc, val_loss, best):
             best, best_epoch, stale = (val_auc, val_loss), epoch, 0
-            with atomic_output(out_dir / CHECKPOINT) as tmp:
-                torch.save(model.state_dict(), tmp)
+            save_torch(out_dir / CHECKPOINT, model.state_dict())
         else:
             stale += 1
             if stale >= config.patience and epoch >= config.min_epochs:
