@@ -137,11 +137,18 @@ def probe_accuracy(model: FeatureModel, a: int, b: int, slides: int = 600) -> fl
 @pytest.mark.parametrize("target", [0.8, 0.9])
 def test_patch_accuracy_is_what_a_linear_probe_reaches(target):
     """Every pair of types is told apart with the spec's accuracy by the best rule (computed)
-    and, within a few points, by a linear probe fitted on patches of many slides."""
+    and, within a few points, by a linear probe fitted on patches of many slides; the rare
+    type's mean lies where the certain level puts it, only nearer."""
     spec = CohortSpec("interface", slides=2, feature_dim=64, patch_accuracy=target)
     model = FeatureModel(spec, np.random.default_rng(0))
     for a, b in ((RARE, BACKGROUND), (RARE, OTHER), (OTHER, BACKGROUND)):
         assert model.accuracy(a, b) == pytest.approx(target, abs=1e-9)
+    certain_spec = CohortSpec("interface", slides=2, feature_dim=64)
+    certain = FeatureModel(certain_spec, np.random.default_rng(0))
+    step, certain_step = (m.means[RARE] - m.means[BACKGROUND] for m in (model, certain))
+    cosine = step @ certain_step / np.linalg.norm(step) / np.linalg.norm(certain_step)
+    assert cosine == pytest.approx(1.0, abs=1e-9)
+    assert np.array_equal(model.means[BACKGROUND], certain.means[BACKGROUND])
     assert probe_accuracy(model, RARE, BACKGROUND) == pytest.approx(target, abs=0.03)
     assert probe_accuracy(model, RARE, OTHER) == pytest.approx(target, abs=0.03)
 

@@ -85,13 +85,16 @@ class FeatureModel:
         return np.sqrt(1 + self.slide_effect**2) * self.root
 
     def _steps(self, directions: np.ndarray, accuracy: float | None) -> np.ndarray:
-        """Each type's mean minus the first's, (n_types - 1, d), from orthonormal rows
-        `directions`: a regular simplex of edge Delta in whitened space for `accuracy`, else the
-        first cohorts' means, CERTAIN_SEPARATION x sqrt(d) apart along the directions."""
+        """Each type's mean minus the first's, (n_types - 1, d), in the plane of the random
+        orthonormal rows `directions`: the first cohorts' (CERTAIN_SEPARATION x sqrt(d) along
+        each) when certain, else a regular simplex of edge Delta in whitened coordinates, so
+        only the distance differs between levels (with two types, the direction is the same)."""
         if accuracy is None:
             return CERTAIN_SEPARATION * np.sqrt(len(self.root)) * directions
-        delta = 2 * norm.ppf(accuracy)
-        return delta * _unit_simplex(len(directions) + 1)[1:] @ directions @ self.patch_root
+        plane, r = np.linalg.qr(np.linalg.solve(self.patch_root.T, directions.T))
+        plane *= np.sign(np.diag(r))  # the first column along the first direction, not against
+        simplex = _unit_simplex(len(directions) + 1)[1:]
+        return 2 * norm.ppf(accuracy) * simplex @ plane.T @ self.patch_root
 
     def accuracy(self, a: int, b: int) -> float:
         """Bayes accuracy of telling type `a` from type `b` by one patch's features (equal
