@@ -116,33 +116,24 @@ class SlideStore:
         return self.folder / f".{slide_id}.tmp-{os.getpid()}{suffix}"
 
 
-def forget_damaged(path: str | Path) -> bool:
-    """If `path` is a workflow's link of a stored file (the same file as `.store/<name>` beside
-    it) and batch manifests beside it (`batches/<rule>/`: a features folder) list its slide,
-    found damaged: delete it, its stored copy and key, and those manifests, so that the next
-    run re-runs that batch job, which remakes this slide alone. True when it did."""
+def forget_damaged(path: str | Path) -> list[Path]:
+    """The manifests of the batch jobs that made `path`, found damaged, if it is a slide's file
+    of a stage whose batch jobs keep their files in `.store/` beside it (`batches/<rule>/*.tsv`
+    beside it list its slide); else []. Its stored copy and key are dropped, so that re-running
+    those jobs remakes this slide alone; the caller names them to force that re-run (Snakemake
+    redoes nothing for a file damaged behind its back, nor for a missing intermediate file)."""
     path = Path(path)
-    store = SlideStore(path.parent / STORE_DIR)
     slide = path.stem
-    try:
-        if not os.path.samefile(path, store.path(slide, path.suffix)):
-            return False
-    except OSError:
-        return False
     manifests = [
         m
-        for m in (path.parent / "batches").glob("*/*.tsv")
+        for m in sorted((path.parent / "batches").glob("*/*.tsv"))
         if any(o.slide_id == slide for o in read_manifest(m))
     ]
-    if not manifests:
-        return False
-    store.invalidate(slide)
-    store.path(slide, path.suffix).unlink(missing_ok=True)
-    path.unlink(missing_ok=True)
-    for manifest in manifests:
-        manifest.unlink(missing_ok=True)
-        log.warning("%s: removed, so that the next run remakes %s", manifest, slide)
-    return True
+    if manifests:
+        store = SlideStore(path.parent / STORE_DIR)
+        store.invalidate(slide)
+        store.path(slide, path.suffix).unlink(missing_ok=True)
+    return manifests
 
 
 #: Columns of a batch manifest (the batch job's output).

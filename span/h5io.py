@@ -1,5 +1,5 @@
 """HDF5 helpers shared by the patch and feature files: attribute encoding, checksummed
-datasets and clear errors (a damaged file that the workflow made is removed for its re-run)."""
+datasets and clear errors (a damaged file that the workflow made: how to remake it alone)."""
 
 from __future__ import annotations
 
@@ -57,10 +57,11 @@ def create_checked(f: h5py.Group, name: str, **kwargs: object) -> h5py.Dataset:
 
 
 def damaged_error(path: str | Path, reason: str, fix: str) -> SpanError:
-    """The one line for a damaged file; one that the workflow made is removed with what
-    vouches for it (`forget_damaged`), so that a re-run remakes it."""
-    if forget_damaged(path):
-        return SpanError(path, reason, "re-run: it was removed, and the run makes it again")
+    """The one line for a damaged file; for one that the workflow made, what vouches for it is
+    dropped (`forget_damaged`) and the fix forces the re-run of the batch job that makes it."""
+    if manifests := forget_damaged(path):
+        again = " ".join(str(m) for m in manifests)
+        fix = f"run snakemake again with --forcerun {again} (that batch job remakes it alone)"
     return SpanError(path, reason, fix)
 
 

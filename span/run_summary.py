@@ -109,8 +109,9 @@ def failed_jobs(snakemake_log: str | Path) -> list[FailedJob]:
         elif m := _FAILED_JOB.match(header):
             rule = m.group(1)
             log = _LOG_FIELD.match(fields["log"]).group(1).split(", ")[0] if "log" in fields else ""
-            job = log.split(f"/logs/{rule}/", 1)[-1].removesuffix(".log") if log else ""
-            key = (rule, job if job != log else "", log)
+            marker = f"/logs/{rule}/"  # a batch, slide or run: logs/<rule>/<job>.log
+            job = log.split(marker, 1)[1].removesuffix(".log") if marker in log else ""
+            key = (rule, job, log)
             jobs.pop(key, None)  # a retry's failure: listed in the order of its last attempt
             jobs[key] = FailedJob(*key, _ended_by(fields, signals), resources.get(jobid, {}))
             failed_ids[jobid] = key

@@ -1,6 +1,6 @@
-"""A features file cut short or altered after it was written fails on read with one line; one
-that the workflow made is removed with its store entry and its batch's manifest, so that the
-next run re-extracts that slide."""
+"""A features file cut short or altered after it was written fails on read with one line; for
+one that the workflow made, the line names the batch job to re-run (`--forcerun` its manifest),
+whose store no longer vouches for the slide, so that it re-extracts that slide alone."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from span.errors import SpanError
 from span.features.feature_file import FeatureSet, read_feature_file, write_feature_file
 from span.outputs import STORE_DIR
 from span.training.bags import Bag, inspect_cohort
+from tests.test_workflow import small_slide
+from tests.workflow_helpers import TINY, base_config, snakemake, write_sheet
 
 ROWS = 1_000
 
@@ -68,26 +70,26 @@ def _flip_a_bit(path: Path) -> None:
         (_flip_a_bit, "damaged data, checksum mismatch or cut off (Can't synchronously read"),
     ],
 )
-def test_a_damaged_features_file_is_one_line_and_removed_for_the_rerun(cohort, damage, reason):
+def test_a_damaged_features_file_is_one_line_naming_the_batch_job_to_rerun(cohort, damage, reason):
     path = cohort / "s0.h5"
     damage(path)
     with pytest.raises(SpanError) as caught:
         read_feature_file(path)
+    manifest = cohort / "batches" / "extract" / "labelled-1.tsv"
     line = str(caught.value)
     assert line.startswith(f"{path}: {reason}"), line
-    assert line.endswith(". Fix: re-run: it was removed, and the run makes it again")
-    # Gone with what vouched for it: the next run re-runs its batch job, which makes it alone.
-    store = SlideStore(cohort / STORE_DIR)
-    assert not path.exists() and store.lookup("s0", "key0", [".h5"]) is None
-    assert not (cohort / "batches" / "extract" / "labelled-1.tsv").exists()
-    assert (cohort / "batches" / "extract" / "unlabelled-1.tsv").is_file()
-    assert store.lookup("s1", "key1", [".h5"]) == "made" and (cohort / "s1.h5").is_file()
+    assert line.endswith(
+        f"). Fix: run snakemake again with --forcerun {manifest} (that batch job remakes it alone)"
+    )
+    store = SlideStore(cohort / STORE_DIR)  # no longer vouches for s0: the batch remakes it
+    assert not store.path("s0", ".h5").exists() and store.lookup("s0", "key0", [".h5"]) is None
+    assert store.lookup("s1", "key1", [".h5"]) == "made" and manifest.is_file()
 
 
 def test_training_stops_at_a_truncated_features_file_before_it_starts(cohort):
     _truncate(cohort / "s1.h5")
     bags = [Bag(f"s{i}", cohort / f"s{i}.h5", 0) for i in range(2)]
-    with pytest.raises(SpanError, match=r"s1\.h5: unreadable HDF5 file .*Fix: re-run"):
+    with pytest.raises(SpanError, match=r"s1\.h5: unreadable HDF5 file .*Fix: run snakemake"):
         inspect_cohort(bags)
 
 
@@ -99,3 +101,29 @@ def test_a_damaged_file_of_ones_own_is_named_and_kept(tmp_path):
     with pytest.raises(SpanError, match=r"checksum mismatch.*Fix: delete it and re-run"):
         read_feature_file(path)
     assert path.is_file()
+
+
+def test_the_workflow_re_extracts_a_features_file_damaged_after_the_run(tmp_path):
+    """Cut short behind Snakemake's back: the QC summary (before any training) stops with the
+    file's one line, again at a plain re-run, and the re-run it names re-extracts the slide."""
+    small_slide(tmp_path / "a.tiff", 1)
+    sheet = write_sheet(tmp_path / "s.tsv", [("a", "a.tiff", "normal")])
+    config = base_config(sheet)
+    assert snakemake(tmp_path, "--cores", "1", TINY.qc_summary, config=config).returncode == 0
+    features = tmp_path / TINY.features("a")
+    intact = read_feature_file(features).features
+    _truncate(features)
+    manifest = TINY.manifest("extract", "labelled-1")
+    for _ in range(2):
+        res = snakemake(tmp_path, "--cores", "1", TINY.qc_summary, config=config)
+        assert res.returncode != 0
+        failed = res.stdout[res.stdout.index("1 job(s) failed:") :].splitlines()[1]
+        assert failed.startswith(f"  qc_summary: {TINY.features('a')}: unreadable HDF5 file (")
+        assert failed.endswith(
+            f"Fix: run snakemake again with --forcerun {manifest} (that batch job remakes it alone)"
+        )
+    res = snakemake(
+        tmp_path, "--cores", "1", "--forcerun", manifest, TINY.qc_summary, config=config
+    )
+    assert res.returncode == 0, res.stdout[-3000:]
+    np.testing.assert_array_equal(read_feature_file(features).features, intact)

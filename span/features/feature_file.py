@@ -6,7 +6,7 @@ the readable patches only: `bad_tiles` holds the level-0 coordinates (K x 2) of 
 could not be read and were left out, and the attributes `tiles_total` and `bad_tile_share`
 say how many patches the slide had and which share of them was lost. Every dataset carries
 HDF5's Fletcher-32 checksum (`create_checked`): a file damaged after it was written fails on
-read with one line, and a file the workflow made is removed so that the next run re-extracts it.
+read with one line, naming, for a file that the workflow made, the batch job to re-run.
 """
 
 from __future__ import annotations
