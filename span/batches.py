@@ -119,9 +119,10 @@ class SlideStore:
 def forget_damaged(path: str | Path) -> list[Path]:
     """The manifests of the batch jobs that made `path`, found damaged, if it is a slide's file
     of a stage whose batch jobs keep their files in `.store/` beside it (`batches/<rule>/*.tsv`
-    beside it list its slide); else []. Its stored copy and key are dropped, so that re-running
-    those jobs remakes this slide alone; the caller names them to force that re-run (Snakemake
-    redoes nothing for a file damaged behind its back, nor for a missing intermediate file)."""
+    beside it list its slide); else []. Its stored copy, when the same file, and key are dropped
+    so that re-running those jobs remakes this slide alone (a stored copy of its own is intact:
+    the re-run links it again); the caller names them to force that re-run (Snakemake redoes
+    nothing for a file damaged behind its back, nor for a missing intermediate file)."""
     path = Path(path)
     slide = path.stem
     manifests = [
@@ -129,10 +130,11 @@ def forget_damaged(path: str | Path) -> list[Path]:
         for m in sorted((path.parent / "batches").glob("*/*.tsv"))
         if any(o.slide_id == slide for o in read_manifest(m))
     ]
-    if manifests:
-        store = SlideStore(path.parent / STORE_DIR)
+    store = SlideStore(path.parent / STORE_DIR)
+    stored = store.path(slide, path.suffix)
+    if manifests and (not stored.exists() or os.path.samefile(path, stored)):
         store.invalidate(slide)
-        store.path(slide, path.suffix).unlink(missing_ok=True)
+        stored.unlink(missing_ok=True)
     return manifests
 
 

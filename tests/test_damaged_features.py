@@ -127,3 +127,14 @@ def test_the_workflow_re_extracts_a_features_file_damaged_after_the_run(tmp_path
     )
     assert res.returncode == 0, res.stdout[-3000:]
     np.testing.assert_array_equal(read_feature_file(features).features, intact)
+
+
+def test_a_replaced_features_file_keeps_the_intact_stored_copy(cohort):
+    """Overwritten by another file (not the store's): the batch's re-run links the store's intact
+    copy again, nothing is re-extracted."""
+    path = cohort / "s0.h5"
+    path.unlink()
+    path.write_bytes(b"not an HDF5 file")
+    with pytest.raises(SpanError, match=r"unreadable HDF5 file .*--forcerun"):
+        read_feature_file(path)
+    assert SlideStore(cohort / STORE_DIR).lookup("s0", "key0", [".h5"]) == "made"
