@@ -14,13 +14,15 @@ test of SPAN against ABMIL, and whether the goals hold (at patch accuracy >= 0.9
 Patch accuracy is the accuracy of the best rule telling two patch types apart from one
 patch's features (`span.synthetic.feature_cohort.FeatureModel`); `certain` is the first
 cohorts'. `--span-hparams`, `--abmil-hparams` and `--train` train a variant of the defaults,
-in run folders named by it. Runs are resumable; each is a worker process with one torch
-thread. The logic is `span.synthetic.spatial_benchmark`.
+in run folders named by it; `--recipes default authors` trains it from each recipe
+(span/plan/recipes.py) and prints them side by side. Runs are resumable; each is a worker
+process with one torch thread. The logic is `span.synthetic.spatial_benchmark`.
 
     python benchmarks/bench_spatial.py                    # the full table (many hours on 2 cores)
     python benchmarks/bench_spatial.py --tasks clumped --slides 120 --dims 1024 --seeds 2
     python benchmarks/bench_spatial.py --patch-accuracy 0.9 --span-hparams center=false \\
         --train flips=false translate=0
+    python benchmarks/bench_spatial.py --recipes default authors   # both recipes side by side
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from span.errors import SpanError  # noqa: E402
+from span.plan.recipes import RECIPES  # noqa: E402
 from span.synthetic import TASK_NAMES, patch_level  # noqa: E402
 from span.synthetic.spatial_benchmark import (  # noqa: E402
     MODELS,
@@ -84,10 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="KEY=VALUE",
         help="span train options of every run (config/README.md), e.g. flips=false translate=0",
     )
+    parser.add_argument(
+        "--recipes",
+        nargs="+",
+        default=["default"],
+        choices=list(RECIPES),
+        help="recipes (span/plan/recipes.py) the options above apply to, printed side by side; "
+        "the goals are checked on the first (default: default)",
+    )
     args = parser.parse_args(argv)
     hparams = {model: dict(getattr(args, f"{model}_hparams")) for model in MODELS}
     try:
-        variant = make_variant(hparams, dict(args.train), args.dims)
+        variants = [make_variant(hparams, dict(args.train), args.dims, r) for r in args.recipes]
     except SpanError as exc:
         parser.error(str(exc))
     cohorts = [
@@ -97,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         for task in args.tasks
         for accuracy in args.patch_accuracy
     ]
-    return run_benchmark(Path(args.work), cohorts, variant, list(range(args.seeds)), args.workers)
+    return run_benchmark(Path(args.work), cohorts, variants, list(range(args.seeds)), args.workers)
 
 
 if __name__ == "__main__":

@@ -96,3 +96,21 @@ def test_finished_runs_are_kept_and_variants_never_mix(tmp_path):
         "abmil+gated=true+epochs=1"
     )
     assert (run / "metrics.json").stat().st_mtime_ns == written
+
+
+def test_a_recipe_starts_the_variant_and_names_its_runs():
+    from span.plan.recipes import RECIPES
+
+    authors = make_variant({"span": {"center": True}}, {"epochs": 3}, [64], "authors")
+    assert authors.run_name("span") == "span@authors+center=true+epochs=3"
+    assert authors.run_name("abmil") == "abmil@authors+epochs=3"
+    assert authors.model_hparams("span") == {**RECIPES["authors"].hparams["span"], "center": True}
+    assert authors.model_hparams("abmil") == {}
+    config = authors.config(seed=1)
+    assert (config.epochs, config.weight_decay, config.class_weighted, config.cosine) == (
+        3,
+        1e-4,
+        True,
+        True,
+    )
+    assert config.augment.affine and not config.augment.flips and config.augment.translate == 0

@@ -40,6 +40,7 @@ from span.evaluation.stats import delong_test, paired_ttest
 from span.features.feature_file import read_feature_file
 from span.outputs import METRICS_JSON, TEST_PREDICTIONS_CSV
 from span.plan.experiments import training_overrides
+from span.plan.recipes import RECIPES
 from span.preflight import check_variants
 from span.run_files import read_run_metrics, read_test_predictions
 from span.synthetic import level_name
@@ -111,35 +112,45 @@ class Variant:
 
     hparams: Mapping[str, dict] = field(default_factory=dict)  # model -> constructor arguments
     training: dict = field(default_factory=dict)  # span train option -> value
+    recipe: str = "default"  # span/plan/recipes.py: where the overrides above start from
 
     def run_name(self, model: str) -> str:
-        """The folder of `model`'s runs: its name and every setting it differs by, so runs of
-        different variants never share one."""
+        """The folder of `model`'s runs: its name, its recipe unless the default, and every
+        setting it overrides, so runs of different variants never share one."""
         settings = [*sorted(self.hparams.get(model, {}).items()), *sorted(self.training.items())]
-        return "+".join([model, *(f"{k}={_word(v)}" for k, v in settings)])
+        head = model if self.recipe == "default" else f"{model}@{self.recipe}"
+        return "+".join([head, *(f"{k}={_word(v)}" for k, v in settings)])
+
+    def model_hparams(self, model: str) -> dict:
+        """`model`'s constructor arguments: the recipe's, then the overrides."""
+        return RECIPES[self.recipe].apply(model, self.hparams.get(model, {}), {})[0]
 
     def config(self, seed: int) -> TrainConfig:
-        """`span train`'s TrainConfig with the overrides, for `seed`."""
+        """`span train`'s TrainConfig with the recipe's options and the overrides, for `seed`."""
+        training = {**RECIPES[self.recipe].training, **self.training}
         augment = {f.name for f in fields(Augmentation)}
         return TrainConfig(
             seed=seed,
-            augment=Augmentation(**{k: v for k, v in self.training.items() if k in augment}),
-            **{k: v for k, v in self.training.items() if k not in augment},
+            augment=Augmentation(**{k: v for k, v in training.items() if k in augment}),
+            **{k: v for k, v in training.items() if k not in augment},
         )
 
 
-def make_variant(hparams: Mapping[str, dict], training: dict, dims: Sequence[int]) -> Variant:
+def make_variant(
+    hparams: Mapping[str, dict], training: dict, dims: Sequence[int], recipe: str = "default"
+) -> Variant:
     """A checked Variant: training overrides as an experiment's (span.plan.experiments), each
-    model built with its hyperparameters at every width on the meta device (SpanError: one
-    line naming the option)."""
+    model built with the recipe's and its own hyperparameters at every width on the meta
+    device (SpanError: one line naming the option)."""
     hparams = {model: dict(values) for model, values in hparams.items() if values}
+    variant = Variant(hparams, training_overrides("--train", training), recipe)
     checks = [
-        {"where": f"--{model}-hparams", "model": model, "hparams": values}
-        for model, values in hparams.items()
+        {"where": f"--{model}-hparams", "model": model, "hparams": variant.model_hparams(model)}
+        for model in MODELS
     ]
     for dim in dims:
         check_variants(checks, dim, 2)
-    return Variant(hparams, training_overrides("--train", training))
+    return variant
 
 
 def prepare(work: Path, cohort: Cohort) -> Path:
@@ -161,7 +172,7 @@ def train_one(folder: Path, classes: list[str], model: str, seed: int, variant: 
     torch.set_num_threads(1)
     name = variant.run_name(model)
     out = folder / name / f"seed{seed}"
-    config, hparams = variant.config(seed), variant.hparams.get(model, {})
+    config, hparams = variant.config(seed), variant.model_hparams(model)
     job = TrainingJob(
         folder / "splits.tsv", folder / "features", classes, model, out, config, hparams, name
     )
@@ -227,12 +238,15 @@ def _p_text(p: float | None, why: str | None) -> str:
 
 
 def run_benchmark(
-    work: Path, cohorts: list[Cohort], variant: Variant, seeds: list[int], workers: int
+    work: Path, cohorts: list[Cohort], variants: list[Variant], seeds: list[int], workers: int
 ) -> int:
-    """Write the cohorts, train every model and seed of the variant on each (resuming), print
+    """Write the cohorts, train every model and seed of each variant on each (resuming), print
     the table and the goals; 0 when every checked goal holds."""
-    print(f"spatial benchmark: {len(cohorts)} cohorts x {len(MODELS)} models x {len(seeds)} seeds")
-    print("runs: " + ", ".join(variant.run_name(model) for model in MODELS))
+    print(
+        f"spatial benchmark: {len(cohorts)} cohorts x {len(variants)} variants x "
+        f"{len(MODELS)} models x {len(seeds)} seeds"
+    )
+    print("runs: " + ", ".join(v.run_name(model) for v in variants for model in MODELS))
     t0 = time.perf_counter()
     folders = {c: prepare(work, c) for c in cohorts}
     print(f"cohorts written in {time.perf_counter() - t0:.0f} s under {work}")
@@ -242,42 +256,52 @@ def run_benchmark(
             pool.submit(train_one, folders[c], c.classes, model, seed, variant)
             for c in cohorts
             for seed in seeds
+            for variant in variants
             for model in MODELS
         ]
         for done, job in enumerate(jobs, 1):
             run = job.result()
             minutes = (time.perf_counter() - t0) / 60
             print(f"[{done}/{len(jobs)}, {minutes:.0f} min] {run.relative_to(work)}", flush=True)
-    return report(cohorts, folders, seeds, variant)
+    return report(cohorts, folders, seeds, variants)
 
 
 def report(
-    cohorts: list[Cohort], folders: Mapping[Cohort, Path], seeds: list[int], variant: Variant
+    cohorts: list[Cohort],
+    folders: Mapping[Cohort, Path],
+    seeds: list[int],
+    variants: list[Variant],
 ) -> int:
-    """Print the table and the goals; 0 when every checked goal holds."""
-    header = f"{'task':<10} {'train':>5} {'dim':>5} {'patch':>7}  {'model':<9}"
+    """Print the table (each variant's rows side by side per cohort) and the goals; 0 when
+    every checked goal holds."""
+    width = max(9, *(len(v.run_name(m)) for v in variants for m in MODELS))
+    header = f"{'task':<10} {'train':>5} {'dim':>5} {'patch':>7}  {'model':<{width}}"
     print("\n" + header + "".join(f"{f'seed{s}':>7}" for s in seeds) + f"{'mean +- sd':>16}")
     misses = []
     for c in cohorts:
         n_train = sum(r.split == "train" for r in read_splits(folders[c] / "splits.tsv"))
-        result = compare(folders[c], c.classes, seeds, variant)
         lead = f"{c.task:<10} {n_train:>5} {c.dim:>5} {level_name(c.accuracy):>7}  "
-        for model in MODELS:
-            a = result["auc"][model]
-            sd = np.std(a, ddof=1) if len(a) > 1 else 0.0
-            cells = "".join(f"{v:>7.3f}" for v in a)
-            print(f"{lead}{model:<9}{cells}{np.mean(a):>9.3f} +- {sd:.3f}")
-        print(f"{lead}{'meanpool':<9}{result['meanpool']:>7.3f}")
-        print(
-            f"{'':<31}SPAN vs ABMIL: paired t-test p = {result['t_test']}, "
-            f"DeLong p = {result['delong']}" + ("" if c.checked else " (goals not checked)")
-        )
-        if c.checked:
-            misses += _misses(f"{c.name}/{n_train} training", n_train, result)
+        for variant in variants:
+            result = compare(folders[c], c.classes, seeds, variant)
+            for model in MODELS:
+                a = result["auc"][model]
+                sd = np.std(a, ddof=1) if len(a) > 1 else 0.0
+                cells = "".join(f"{v:>7.3f}" for v in a)
+                name = variant.run_name(model)
+                print(f"{lead}{name:<{width}}{cells}{np.mean(a):>9.3f} +- {sd:.3f}")
+            print(
+                f"{'':<31}{variant.run_name('span')} vs {variant.run_name('abmil')}: paired "
+                f"t-test p = {result['t_test']}, DeLong p = {result['delong']}"
+                + ("" if c.checked else " (goals not checked)")
+            )
+            if c.checked and variant == variants[0]:
+                misses += _misses(f"{c.name}/{n_train} training", n_train, result)
+        print(f"{lead}{'meanpool':<{width}}{result['meanpool']:>7.3f}")
     print(
-        f"\ngoals, at patch accuracy >= {GOAL_ACCURACY} and certain: SPAN AUC >= "
-        f"{GOAL_SPAN['large']} on every seed at >= 200 training slides, >= {GOAL_SPAN['small']} "
-        f"below; ABMIL and mean pooling <= {GOAL_IID}; paired t-test p < {GOAL_P}"
+        f"\ngoals (the first variant), at patch accuracy >= {GOAL_ACCURACY} and certain: SPAN AUC "
+        f">= {GOAL_SPAN['large']} on every seed at >= 200 training slides, >= "
+        f"{GOAL_SPAN['small']} below; ABMIL and mean pooling <= {GOAL_IID}; paired t-test p < "
+        f"{GOAL_P}"
     )
     print("all goals met" if not misses else "missed: " + "; ".join(misses))
     return 0 if not misses else 1
