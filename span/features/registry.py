@@ -141,6 +141,23 @@ def imagenet_member(info: EncoderInfo, weights: str) -> str | None:
     return member if member in info.imagenet else ""
 
 
+#: The architecture and preprocessing Virchow and Virchow2 share (Virchow2 adds 4 registers).
+_VIRCHOW_KWARGS = {
+    "img_size": 224,
+    "init_values": 1e-5,
+    "num_classes": 0,
+    "mlp_ratio": 5.3375,
+    "global_pool": "",
+    "dynamic_img_size": True,
+}
+_VIRCHOW_VIT_H = {
+    "arch": "vit_huge_patch14_224",
+    "swiglu": True,
+    "outputs": {"cls_mean": Output(2560, "cls_mean"), "cls": Output(1280, "cls")},
+    "default_output": "cls_mean",
+    "interpolation": "bicubic",
+}
+
 #: The architecture and preprocessing H-optimus-0 and H-optimus-1 share.
 _HOPTIMUS_VIT_G = {
     "arch": "vit_giant_patch14_reg4_dinov2",
@@ -251,19 +268,8 @@ ENCODERS: dict[str, EncoderInfo] = {
         _vit(
             "virchow",
             title="Virchow, ViT-H/14, SwiGLU",
-            arch="vit_huge_patch14_224",
-            kwargs={
-                "img_size": 224,
-                "init_values": 1e-5,
-                "num_classes": 0,
-                "mlp_ratio": 5.3375,
-                "global_pool": "",
-                "dynamic_img_size": True,
-            },
-            swiglu=True,
-            outputs={"cls_mean": Output(2560, "cls_mean"), "cls": Output(1280, "cls")},
-            default_output="cls_mean",
-            interpolation="bicubic",
+            **_VIRCHOW_VIT_H,
+            kwargs=_VIRCHOW_KWARGS,
             hub_repo="paige-ai/Virchow",
             licence="Apache-2.0, gated (request access on Hugging Face; the card adds terms)",
             source="huggingface.co/paige-ai/Virchow README (Apache-2.0, gated, timm); "
@@ -275,20 +281,8 @@ ENCODERS: dict[str, EncoderInfo] = {
         _vit(
             "virchow2",
             title="Virchow2, ViT-H/14 with 4 registers, SwiGLU",
-            arch="vit_huge_patch14_224",
-            kwargs={
-                "img_size": 224,
-                "init_values": 1e-5,
-                "num_classes": 0,
-                "reg_tokens": 4,
-                "mlp_ratio": 5.3375,
-                "global_pool": "",
-                "dynamic_img_size": True,
-            },
-            swiglu=True,
-            outputs={"cls_mean": Output(2560, "cls_mean"), "cls": Output(1280, "cls")},
-            default_output="cls_mean",
-            interpolation="bicubic",
+            **_VIRCHOW_VIT_H,
+            kwargs={**_VIRCHOW_KWARGS, "reg_tokens": 4},
             hub_repo="paige-ai/Virchow2",
             licence="CC-BY-NC-ND 4.0, gated (accept the terms on Hugging Face)",
             source="huggingface.co/paige-ai/Virchow2 (class token + mean of the patch tokens "
