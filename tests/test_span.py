@@ -168,6 +168,7 @@ CONFIGS = {
     "full conv": {"depthwise_conv": False, "conv_bias": True},
     "window 2": {"window_side": 2},
     "centred, no global token": {"global_tokens": 0, "center": True},
+    "centred, no slide mean": {"slide_mean": False},
     "the authors'": {
         "global_attention": "separate",
         "head": "global",
@@ -323,6 +324,12 @@ def test_centred_span_sees_the_slide_mean_with_or_without_global_tokens():
         with torch.no_grad():
             moved = (model(x + offset, grid).logits - model(x, grid).logits).abs().max()
         assert moved > 1e-3, tokens
+    for tokens in (1, 0):  # unless told not to: then exactly invariant
+        torch.manual_seed(0)
+        model = SPAN(64, 2, embed_dim=32, heads=4, global_tokens=tokens, slide_mean=False)
+        with torch.no_grad():
+            moved = (model.eval()(x + offset, grid).logits - model(x, grid).logits).abs().max()
+        assert moved < 1e-5, tokens
 
 
 def test_separate_global_attention_gives_every_patch_the_one_global_value():

@@ -16,7 +16,7 @@ the index helpers of `span.models.sparse`):
   the global keys are computed apart and their outputs summed;
 - centring (`center`): the slide's mean feature is subtracted from every patch and added to
   the global tokens' seed (without global tokens: projected by `mean_embed` and added to the
-  pooled embedding);
+  pooled embedding; with `slide_mean=False`, nowhere);
 - global tokens: global_embed(seed) before the first stage, carried to the next stage through
   that stage's token LayerNorm;
 - heads: gated attention pooling of the last stage, or the sum over stages of the global tokens
@@ -232,7 +232,8 @@ def reference_forward(cfg: dict, sd: dict, features: torch.Tensor, grid: torch.T
     if cfg["center"]:
         mean = features.sum(0) / len(features)
         features = features - mean
-        seed = None if seed is None else seed + mean
+        if cfg.get("slide_mean", True):
+            seed = None if seed is None else seed + mean
     x = linear(sd, "embed", features)
     tokens = linear(sd, "global_embed", seed) if cfg["global_tokens"] else None
     ancestor = list(range(len(cells)))  # input patch -> current stage's token
@@ -255,7 +256,7 @@ def reference_forward(cfg: dict, sd: dict, features: torch.Tensor, grid: torch.T
         a = a * torch.sigmoid(linear(sd, "pool.scores.gate.0", h))
         weights = softmax(linear(sd, "pool.scores.score", a)[:, 0])
         embedding = weights @ h
-        if cfg["center"] and not cfg["global_tokens"]:
+        if cfg["center"] and cfg.get("slide_mean", True) and not cfg["global_tokens"]:
             embedding = embedding + linear(sd, "mean_embed", mean)
     else:
         embedding = layer_norm(sd, "head_norm", sum(stage_tokens).mean(0))
@@ -321,6 +322,9 @@ CASES = {
     "dense grid, rpb w2 G0 no shift": case(60, 8, 4, window_side=2, global_tokens=0, shift=False),
     "centred, w4 G2": case(50, 10, 3, center=True, global_tokens=2),
     "centred, no global token, global head off": case(40, 9, 2, center=True, global_tokens=0),
+    "centred without the slide mean, G2": case(
+        35, 8, 2, center=True, slide_mean=False, global_tokens=2
+    ),
     "separate global attention G1 global-head (the authors')": case(
         45, 9, 3, global_attention="separate", head="global"
     ),

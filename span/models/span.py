@@ -13,7 +13,9 @@ carries the same stain/scanner offset, and a model that sees it in every token t
 training slides apart by it long before it learns anything else (measured on the spatial
 benchmark: docs/benchmarks.md). What the whole slide looks like stays available through the
 global tokens, which every patch attends to; without global tokens it enters the head
-(`mean_embed`), so that the no-global-token ablation removes only the tokens.
+(`mean_embed`), so that the no-global-token ablation removes only the tokens. With
+`slide_mean=False` a centred SPAN never sees the mean: it is then exactly invariant to a
+per-slide offset of every feature.
 """
 
 from __future__ import annotations
@@ -88,6 +90,7 @@ class SPAN(MILModel):
         global_tokens: int = 1,
         global_attention: str = "joint",
         center: bool = True,
+        slide_mean: bool = True,
         downsample: bool = True,
         depthwise_conv: bool = True,
         conv_bias: bool = False,
@@ -120,7 +123,10 @@ class SPAN(MILModel):
         self.embed = nn.Linear(in_dim, dim, bias=embed_bias)  # the paper's 1x1 convolution
         # Centred without global tokens, the slide's mean reaches the head through its own
         # projection: removing global tokens must not also remove what the whole slide looks like.
-        self.mean_embed = nn.Linear(in_dim, dim) if center and not global_tokens else None
+        self.slide_mean = slide_mean or not center
+        self.mean_embed = (
+            nn.Linear(in_dim, dim) if center and slide_mean and not global_tokens else None
+        )
         # Global tokens live in input space with their own projection, as in the authors' code.
         self.global_seed = (
             nn.Parameter(torch.randn(global_tokens, in_dim) * 1e-4) if global_tokens else None
@@ -191,7 +197,8 @@ class SPAN(MILModel):
         if self.center:
             mean = features.mean(dim=0, keepdim=True)
             x = centered_linear(self.embed, features, mean)
-            seed = None if seed is None else seed + mean
+            if self.slide_mean:
+                seed = None if seed is None else seed + mean
         else:
             x = self.embed(features)
         tokens = self.global_embed(seed) if seed is not None else None
