@@ -1,5 +1,6 @@
 """The SLURM profile: what snakemake makes of README's cluster command (fast), and the pipeline
-on a real one-node SLURM cluster (opt-in: SPAN_TEST_SLURM=1, needs root and apt-get)."""
+on a real one-node SLURM cluster, an extraction cancelled mid-slide included (opt-in:
+SPAN_TEST_SLURM=1, needs root and apt-get)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import yaml
 
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic.tissue import render_tissue
-from tests.workflow_helpers import REPO, SNAKEMAKE, base_config, write_sheet
+from tests.workflow_helpers import REPO, SNAKEMAKE, TINY, base_config, snakemake, write_sheet
 
 SLURM_PROFILE = REPO / "profiles" / "slurm"
 WORKFLOW_PROFILE = REPO / "profiles" / "default"
@@ -288,6 +289,28 @@ def _slurm_jobs(env: dict) -> list[dict]:
     return [dict(zip(keys, line.split("|"), strict=True)) for line in out.splitlines()]
 
 
+def _cluster_command(folder: Path) -> list[str]:
+    """Snakemake with profiles/slurm plus a CI overlay written into `folder`: no accounting
+    (squeue follows the jobs), no GPU, one CPU per extraction, status checked every second."""
+    set_resources = copy.deepcopy(profile(SLURM_PROFILE)["set-resources"])
+    for rule in GPU_RULES:  # the CI node has no GPU: README's one-line override, in the overlay
+        assert set_resources[rule].pop("gpu") == 1
+    set_resources["extract"]["cpus_per_task"] = 1  # a small CI machine
+    overlay = {
+        # No accounting here: sacct sees no job, so follow them with squeue.
+        "slurm-status-command": "squeue",
+        # No account (plugin 2.8 ignores this flag, but its sacct guess finds none here).
+        "slurm-no-account": True,
+        # Check soon after submission (the plugin waits 40 s by default).
+        "slurm-init-seconds-before-status-checks": 1,
+        "seconds-between-status-checks": 1,
+        "set-resources": set_resources,
+    }
+    (folder / "ci-profile").mkdir()
+    (folder / "ci-profile" / "config.yaml").write_text(yaml.safe_dump(overlay))
+    return [*SNAKEMAKE, "--profile", str(SLURM_PROFILE), "--profile", str(folder / "ci-profile")]
+
+
 def clam_features(path: Path, seed: int) -> Path:
     """A CLAM-layout features file (random 1024-d rows on a 5 x 4 grid of 224-px patches)
     stamped with the extracted slides' encoder, so the cohort mixes both kinds."""
@@ -332,25 +355,7 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
     )
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
 
-    shipped = profile(SLURM_PROFILE)
-    set_resources = copy.deepcopy(shipped["set-resources"])
-    for rule in GPU_RULES:  # the CI node has no GPU: README's one-line override, in the overlay
-        assert set_resources[rule].pop("gpu") == 1
-    set_resources["extract"]["cpus_per_task"] = 1  # a small CI machine
-    overlay = {
-        # No accounting here: sacct sees no job, so follow them with squeue.
-        "slurm-status-command": "squeue",
-        # No account (plugin 2.8 ignores this flag, but its sacct guess finds none here).
-        "slurm-no-account": True,
-        # Check soon after submission (the plugin waits 40 s by default).
-        "slurm-init-seconds-before-status-checks": 1,
-        "seconds-between-status-checks": 1,
-        "set-resources": set_resources,
-    }
-    (tmp_path / "ci-profile").mkdir()
-    (tmp_path / "ci-profile" / "config.yaml").write_text(yaml.safe_dump(overlay))
-    cmd = [*SNAKEMAKE, "--profile", str(SLURM_PROFILE), "--profile", str(tmp_path / "ci-profile")]
-    cmd += ["--configfile", "config.yaml"]
+    cmd = [*_cluster_command(tmp_path), "--configfile", "config.yaml"]
 
     def run():
         """Run the workflow; return its output and the SLURM jobs it submitted."""
@@ -379,7 +384,9 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
     assert len(logs) == 3
     assert all("bad.svs: not a readable slide" in log.read_text() for log in logs)
     # One job per batch: patch (s0; the bad one 3 times), extract (s0), import (s1-s5), then
-    # the split, 2 trainings and the evaluation. The 6 per-slide links ran on the login node.
+    # the split and 2 trainings; the evaluation waits for the QC summary (its report lists
+    # the excluded slides), which waits for every slide. The per-slide links ran on the login
+    # node.
     counts = {}
     for j in jobs:
         rule = j["comment"].split("_wildcards_")[0].removeprefix("rule_")
@@ -390,7 +397,6 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
         "import_features": 1,
         "split": 1,
         "train": 2,
-        "evaluate": 1,
     }, counts
     assert res.stdout.count("localrule link_") == 7  # s0: patches, features; s1-s5: features
     # Training on the default partition with the profile's memory, one CPU, no GPU.
@@ -400,21 +406,22 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
     assert train == 2 * [("16000M", "1", "N/A", "ci")]
     rules = set(counts)
 
-    # Run 2 (not strict): the bad slide is excluded; its batch's two jobs, the QC summary and
-    # the predictions are left.
+    # Run 2 (not strict): the bad slide is excluded; its batch's two jobs, the QC summary, the
+    # evaluation and the predictions are left.
     config["jobs"] = {"strict": False}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     res, jobs = run()
     assert res.returncode == 0, res.stdout[-3000:]
     assert all(j["state"] == "COMPLETED" for j in jobs), jobs
     assert sorted(j["comment"] for j in jobs) == [
+        "rule_evaluate_wildcards_tiny",
         "rule_extract_wildcards_unlabelled-1",
         "rule_patch_wildcards_unlabelled-1",
         "rule_predict_wildcards_tiny_abmil",
         "rule_predict_wildcards_tiny_span",
         "rule_qc_summary",
     ]
-    rules |= {"predict", "qc_summary"}
+    rules |= {"evaluate", "predict", "qc_summary"}
     assert rules == workflow_rules() - {"demo_slides", "sweep_plot"}
 
     out = tmp_path / "results" / "tiny"
@@ -428,3 +435,112 @@ def test_pipeline_runs_on_a_real_slurm_cluster(tmp_path, slurm_env):
         assert sorted(r["slide_id"] for r in means) == [r[0] for r in rows if r[0] != "bad"]
         assert all(abs(float(r["prob_normal"]) + float(r["prob_tumor"]) - 1) < 1e-4 for r in means)
     assert [p.name for p in (out / "tiny" / "span" / "heatmaps").glob("*.png")] == ["s0.png"]
+
+
+# --- A cancelled extraction ----------------------------------------------------------------
+
+#: A cohort of one unlabelled slide whose extraction flushes every 2 batches of 4 patches.
+CHUNK = 8
+CANCELLED_BATCH = "unlabelled-1"
+
+
+def _one_slide_cohort(folder: Path, slide: Path) -> dict:
+    """The config, also written to `folder`/config.yaml, of `slide` alone, unlabelled, extracted
+    in chunks of CHUNK patches (137 patches of 224 px: about 7 s on one CPU thread, a flush
+    every 0.4 s)."""
+    folder.mkdir()
+    sheet = write_sheet(folder / "s.tsv", [("s0", str(slide), "")])
+    config = base_config(sheet)
+    # On the CPU even where a GPU is visible: a GPU would finish before the cancel lands.
+    config["features"].update(batch_size=CHUNK // 2, flush_every=CHUNK, device="cpu")
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+def _flushed(job_log: Path) -> int:
+    """Patches that an extraction job's log says are flushed to its partial file (0 before
+    the first flush, or before the log exists)."""
+    text = job_log.read_text() if job_log.is_file() else ""
+    counts = re.findall(r": flushed (\d+)/\d+ patches", text)
+    return int(counts[-1]) if counts else 0
+
+
+def _cancel_after_flush(run: subprocess.Popen, job_log: Path, env: dict, comment: str) -> int:
+    """Wait until the running SLURM job named by `comment` has flushed a chunk (its log says
+    so), then scancel it, as a user or an admin would; returns the patches flushed by then."""
+    deadline = time.monotonic() + 300
+    while (flushed := _flushed(job_log)) == 0:
+        assert run.poll() is None, "snakemake ended before the extraction flushed"
+        assert time.monotonic() < deadline, "the extraction flushed nothing within 300 s"
+        time.sleep(0.1)
+    jobs = _slurm_jobs(env)
+    running = [j["id"] for j in jobs if j["comment"] == comment and j["state"] == "RUNNING"]
+    assert len(running) == 1, jobs
+    subprocess.run(["scancel", running[0]], env=env, check=True, timeout=30)
+    return flushed
+
+
+def _feature_arrays(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of a features file (features, coords, grid, bad_tiles)."""
+    with h5py.File(path, "r") as f:
+        return {name: f[name][:] for name in f}
+
+
+@pytest.mark.slow
+def test_cancelled_extraction_is_retried_and_resumes_at_its_last_flush(tmp_path, slurm_env):
+    """scancel of an extraction job after it flushed: the slurm executor reports the job
+    CANCELLED, i.e. failed, so the profile's `retries` resubmit it (with the next attempt's
+    memory); the retry resumes the slide at its last flush, the run ends without a failure,
+    and the features equal those of an uninterrupted local extraction of the same slide."""
+    image, *_ = render_tissue(1800, 1800, 0.5, tumour=False, seed=40)
+    write_pyramidal_tiff(tmp_path / "s0.tiff", image, 0.5, downsamples=(1, 4, 16))
+    cluster, local = tmp_path / "cluster", tmp_path / "local"
+    _one_slide_cohort(cluster, tmp_path / "s0.tiff")
+    target = TINY.features("s0")
+    job_log = cluster / TINY.log("extract", CANCELLED_BATCH)
+    comment = f"rule_extract_wildcards_{CANCELLED_BATCH}"
+
+    cmd = [*_cluster_command(cluster), target, "--configfile", "config.yaml"]
+    with (cluster / "snakemake.out").open("w") as out:
+        run = subprocess.Popen(cmd, cwd=cluster, env=slurm_env, stdout=out, stderr=out)
+        try:
+            flushed = _cancel_after_flush(run, job_log, slurm_env, comment)
+            run.wait(timeout=600)
+        finally:
+            if run.poll() is None:
+                run.kill()
+                run.wait()
+    output = (cluster / "snakemake.out").read_text()
+    assert run.returncode == 0, output[-3000:]
+
+    # The cancelled job, then its retry with attempt 2's memory (extract: 8000 * attempt).
+    extract = sorted(
+        (int(j["id"]), j["state"], j["mem"])
+        for j in _slurm_jobs(slurm_env)
+        if j["comment"] == comment
+    )
+    assert [(state, mem) for _, state, mem in extract] == [
+        ("CANCELLED", "8000M"),
+        ("COMPLETED", "16000M"),
+    ], extract
+    assert "SLURM status is: 'CANCELLED'" in output
+    # The retry's log (it replaces the cancelled attempt's) starts where the last flush ended.
+    resumed = re.search(r"resuming after (\d+) of (\d+) patches", job_log.read_text())
+    assert resumed, job_log.read_text()
+    at, total = int(resumed.group(1)), int(resumed.group(2))
+    print(f"\ncancelled after the log said {flushed}/{total}; the retry {resumed.group(0)}")
+    assert flushed <= at < total and at % CHUNK == 0, (flushed, at, total)
+    # A clean end: every step done, no failed job listed, no partial file left behind.
+    assert "steps (100%) done" in output and "job(s) failed" not in output, output[-3000:]
+    store = cluster / TINY.store("features")
+    assert not list(store.glob(".*partial*")), list(store.iterdir())
+
+    config = _one_slide_cohort(local, tmp_path / "s0.tiff")
+    res = snakemake(local, "--cores", "1", target, config=config)
+    assert res.returncode == 0, res.stdout[-3000:]
+    resumed_features = _feature_arrays(cluster / target)
+    uninterrupted = _feature_arrays(local / target)
+    assert resumed_features.keys() == uninterrupted.keys()
+    assert len(resumed_features["features"]) == total
+    for name, array in uninterrupted.items():
+        np.testing.assert_array_equal(resumed_features[name], array, err_msg=name)
