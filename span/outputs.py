@@ -53,6 +53,10 @@ class Layout:
     def demo_slide(self, slide: str = "{slide}") -> str:
         return f"{self.demo_dir}/{slide}.tiff"
 
+    def demo_truth(self, slide: str = "{slide}") -> str:
+        """Where the demo slide's tumour lies (`span.synthetic.truth`), beside the slide."""
+        return f"{self.demo_dir}/{slide}.truth.png"
+
     def patches(self, slide: str = "{slide}") -> str:
         return f"{self.root}/patches/{slide}.h5"
 

@@ -12,9 +12,12 @@ import os
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
 from span import outputs as files
+from span.features.feature_file import read_feature_file
+from span.inference.exports import read_scores_h5
 from span.inference.heatmap import thumbnail
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic.tissue import render_tissue
@@ -108,9 +111,18 @@ def test_end_to_end_tiny_cohort(tiny_run):
         for r in predictions:
             assert abs(float(r["prob_normal"]) + float(r["prob_tumor"]) - 1) < 1e-4
         for slide_id, path, *_ in rows:
-            expected = thumbnail(tmp_path / path, 300)[0].shape
-            heatmap = plt.imread(out / variant / "heatmaps" / f"{slide_id}.png")
-            assert heatmap.shape[:2] == expected[:2]
+            folder = out / variant / "heatmaps"
+            heatmap = plt.imread(folder / f"{slide_id}.png")
+            assert heatmap.shape[0] > thumbnail(tmp_path / path, 300)[0].shape[0]  # + title, tiles
+            scores = read_scores_h5(folder / f"{slide_id}.h5")
+            fs = read_feature_file(tmp_path / TINY.features(slide_id))
+            np.testing.assert_array_equal(scores.coords, fs.coords)
+            np.testing.assert_array_equal(scores.grid, fs.grid)
+            assert np.isfinite(scores.scores).all() and len(scores.scores) == len(fs)
+            probs = [float(means[slide_id][f"prob_{c}"]) for c in ("normal", "tumor")]
+            assert scores.attrs["predicted"] == ("normal", "tumor")[int(np.argmax(probs))]
+            geojson = json.loads((folder / f"{slide_id}.geojson").read_text())
+            assert len(geojson["features"]) == len(fs)
 
 
 def test_sweep_experiment_gets_its_plot_and_labels(tiny_run):
@@ -227,12 +239,15 @@ def test_a_rerun_replaces_the_heatmap_folder_whole(tiny_run):
     (heatmaps / "gone.png").write_bytes(b"\x89PNG from a slide no longer in the sheet")
     stale = tmp_path / ".snakemake" / "backups" / heatmaps.relative_to(tmp_path)
     stale.mkdir(parents=True)
+    (heatmaps / "gone.h5").write_bytes(b"scores of a slide no longer in the sheet")
+    before = (heatmaps / "s0.png").read_bytes()
     edited = {**config, "predict": {**config["predict"], "heatmap_max_side": 250}}
     res = snakemake(tmp_path, "--cores", "2", config=edited)
     assert res.returncode == 0, res.stdout[-3000:]
-    expected = sorted([f"s{i}.png" for i in range(8)] + ["unlabelled.png"])
-    assert sorted(p.name for p in heatmaps.glob("*.png")) == expected
-    assert max(plt.imread(heatmaps / "s0.png").shape[:2]) == 250
+    slides = [f"s{i}" for i in range(8)] + ["unlabelled"]
+    expected = sorted(f"{s}{suffix}" for s in slides for suffix in (".png", ".geojson", ".h5"))
+    assert sorted(p.name for p in heatmaps.iterdir() if not p.name.startswith(".")) == expected
+    assert (heatmaps / "s0.png").read_bytes() != before  # drawn again, at 250 px
 
 
 def test_a_failed_rerun_keeps_the_finished_results(tiny_run):

@@ -77,39 +77,46 @@ class DTFD(MILModel):
     def forward_pseudo_bags(self, features: torch.Tensor, bags: list[torch.Tensor]) -> ModelOutput:
         """Forward with given pseudo-bags (index tensors partitioning the instances).
 
-        patch_scores: each instance's tier-1 attention (a softmax within its pseudo-bag) times
-        the pseudo-bag's share of the slide, |bag| / N, so the scores sum to 1 over the slide
-        and uniform attention gives 1/N everywhere, whatever the bag sizes.
+        patch_scores: each instance's probability of the slide's CAM class (`cam_class` of the
+        tier-2 logits) from the tier-1 classifier on its attention-weighted feature: the
+        reference's instance probability derivation, which its heatmaps show.
         """
         h = self.encoder(features)
         scores = self.attention(h).squeeze(1)  # (N,), softmaxed per pseudo-bag below
-        patch_scores = scores.new_zeros(len(h))
+        probs = h.new_zeros(len(h), self.classifier.out_features)
         sub_logits, distilled = [], []
         for bag in bags:
             weights = scores[bag].softmax(dim=0)
             weighted = weights[:, None] * h[bag]
             logits = self.classifier(weighted.sum(dim=0))
             sub_logits.append(logits)
-            distilled.append(self._distil(h[bag], weighted, logits))
-            patch_scores[bag] = (weights * (len(bag) / len(h))).detach()
-        slide_feature, _ = self.tier2_pool(torch.cat(distilled).detach())
+            probs[bag] = self.instance_probabilities(weighted).detach()
+            ranked = probs[bag][:, self.cam_class(logits)]
+            distilled.append(self._distil(h[bag], weighted, ranked))
+        distilled = torch.cat(distilled)
+        # Tier 2 does not train tier 1; in eval the graph stays whole, for gradient attributions.
+        slide_feature, _ = self.tier2_pool(distilled.detach() if self.training else distilled)
+        logits = self.tier2_classifier(slide_feature)
         return ModelOutput(
-            self.tier2_classifier(slide_feature),
-            patch_scores,
+            logits,
+            probs[:, self.cam_class(logits.detach())],
             slide_feature,
             {"sub_logits": torch.stack(sub_logits)},
         )
 
+    def instance_probabilities(self, weighted: torch.Tensor) -> torch.Tensor:
+        """(n, C) class probabilities of attention-weighted instance features: the reference's
+        instance CAM (get_cam_1d: the tier-1 classifier's weights, no bias), softmaxed."""
+        return (weighted @ self.classifier.weight.T).softmax(dim=1)
+
     def _distil(
-        self, h: torch.Tensor, weighted: torch.Tensor, logits: torch.Tensor
+        self, h: torch.Tensor, weighted: torch.Tensor, ranked: torch.Tensor
     ) -> torch.Tensor:
-        """One pseudo-bag's features for tier 2: (1, hidden), or (2, hidden) for MaxMinS."""
+        """One pseudo-bag's features for tier 2: its attention-weighted sum (AFS, (1, hidden)),
+        or its instances ranked by their CAM-class probability `ranked`: the top one (MaxS) or
+        the top and bottom ones (MaxMinS, (2, hidden))."""
         if self.distill == "AFS":
             return weighted.sum(dim=0, keepdim=True)
-        # Instance CAM (the reference's get_cam_1d): tier-1 classifier weights, no bias, on
-        # the attention-weighted features; instances ranked by one class's probability.
-        probs = (weighted @ self.classifier.weight.T).softmax(dim=1)
-        ranked = probs[:, self.cam_class(logits)]
         top = ranked.argmax().view(1)
         if self.distill == "MaxS":
             return h[top]
@@ -118,7 +125,7 @@ class DTFD(MILModel):
     @staticmethod
     def cam_class(logits: torch.Tensor) -> int:
         """Class whose CAM probability ranks instances: binary, the positive class (as the
-        reference, which always ranks by the last class); else the pseudo-bag's prediction."""
+        reference, which always ranks by the last class); else the class these logits predict."""
         return 1 if len(logits) == 2 else int(logits.argmax())
 
     def loss(self, output: ModelOutput, label: torch.Tensor, progress: float) -> torch.Tensor:

@@ -273,6 +273,14 @@ class PredictSettings:
         "longest side of a heatmap PNG, pixels, at most (a slightly smaller level is used as is)",
         ge=64,
     )
+    heatmap_scores: Literal["auto", "attention", "gradient", "integrated_gradients"] = option(
+        "auto",
+        "patch scores of heatmaps and exports: auto (SPAN gradient x input, baselines their "
+        "attention), the model's attention, gradient x input, or integrated gradients",
+    )
+    heatmap_top_k: int = option(
+        8, "highest-scored patches shown as tiles under each heatmap (0 = none)", ge=0, le=32
+    )
 
 
 #: Config section -> the settings classes whose options it holds (each key in one of them).

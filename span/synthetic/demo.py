@@ -21,6 +21,7 @@ from span.settings.stages import DemoSettings
 from span.slides.tiff_writer import write_pyramidal_tiff
 from span.synthetic import DEMO_CLASSES, DEMO_LABELS, DEMO_SLIDES
 from span.synthetic.tissue import PATCH_UM, render_tissue
+from span.synthetic.truth import TRUTH_SUFFIX, truth_path, write_truth
 
 _SEED = DemoSettings().seed
 
@@ -43,12 +44,12 @@ def run_demo_batch(
 
     def item(slide_id: str, label: str) -> BatchItem:
         def make(files: dict[str, Path]) -> str:
-            info = make_demo_slide(files[".tiff"], slide_id, label, seed=seed)
+            info = make_demo_slide(files[".tiff"], slide_id, label, seed, files[TRUTH_SUFFIX])
             return f"{label}, {info['width_px']} x {info['height_px']} px at {info['mpp']:g} um/px"
 
         return BatchItem(slide_id, key_of("demo", slide_id, label, seed), make)
 
-    return run_batch([item(*s) for s in slides], store, manifest, (".tiff",))
+    return run_batch([item(*s) for s in slides], store, manifest, (".tiff", TRUTH_SUFFIX))
 
 
 def demo_slide_options(slide_id: str, seed: int = _SEED) -> dict:
@@ -80,8 +81,10 @@ def make_demo_slide(
     slide_id: str,
     label: str,
     seed: int = _SEED,
+    truth: str | os.PathLike | None = None,
 ) -> dict:
-    """Render and write one demo slide (3-level pyramidal TIFF); return the options and stats.
+    """Render and write one demo slide (3-level pyramidal TIFF) and its tumour truth (`truth`,
+    by default beside it: `span.synthetic.truth`); return the options and stats.
     `label` is normal (no tumour), tumor (tumour islands) or a demo class: the tumour as whole
     patch cells, scattered or clumped (`DEMO_LABELS`)."""
     if label not in DEMO_LABELS:
@@ -99,6 +102,7 @@ def make_demo_slide(
         arrangement=label if label in DEMO_CLASSES else None,
     )
     out = write_pyramidal_tiff(path, image, opts["mpp"], downsamples=(1, 4, 16))
+    write_truth(truth_path(path) if truth is None else truth, tumour_mask)
     px_area = opts["mpp"] ** 2
     tissue_px = int(tissue.sum())
     return {

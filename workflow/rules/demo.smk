@@ -31,13 +31,17 @@ if config["demo"]["generate"]:
         input:
             manifest=lambda w: manifest_of("demo_slides", w.slide),
         output:
-            LAYOUT.demo_slide(),
+            slide=LAYOUT.demo_slide(),
+            truth=LAYOUT.demo_truth(),
         log:
             LAYOUT.log("link_demo_slide", "{slide}"),
         localrule: True
         params:
             label=lambda w: SAMPLES[w.slide].label,
             options=PLAN.demo_options,
-            stored=f"{LAYOUT.store('demo')}/{{slide}}.tiff",
+            stored=f"{LAYOUT.store('demo')}/{{slide}}",
         shell:
-            link_shell(("{params.stored:q}", "{output:q}"))
+            link_shell(
+                ("{params.stored:q}.tiff", "{output.slide:q}"),
+                ("{params.stored:q}.truth.png", "{output.truth:q}"),
+            )

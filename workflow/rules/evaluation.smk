@@ -146,5 +146,6 @@ rule predict:
         "mkdir -p {output.heatmaps} && python -m span --log {log} predict"
         " --samples {params.sheet:q} --classes {params.classes}"
         " --features-dir {params.features_dir} --model {params.model} --hparams {params.hparams}"
-        " --runs {params.runs} --out {output.predictions} {params.heatmaps}"
+        " --variant {wildcards.variant} --runs {params.runs} --out {output.predictions}"
+        " {params.heatmaps}"
         " {params.options} --qc {input.qc} {resources.span_runtime}"
