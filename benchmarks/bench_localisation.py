@@ -16,6 +16,7 @@ lie ahead of every baseline's attention on every seed.
 from __future__ import annotations
 
 import argparse
+import json
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -110,11 +111,13 @@ def main() -> None:
     from span.data.samplesheet import load_sample_sheet
     from span.inference.attribution import METHODS
     from span.inference.localisation import demo_truths, spatial_truths
+    from span.outputs import METRICS_JSON
     from span.run_files import read_run_metrics
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=REPO / "results" / "demo")
     parser.add_argument("--experiment", default="main")
+    parser.add_argument("--features", type=Path, help="the demo's features folder, if several")
     parser.add_argument("--spatial", type=Path, help="a spatial benchmark cohort folder instead")
     parser.add_argument("--variants", nargs="+", help="only these variants (default: all)")
     parser.add_argument("--goal-variant", default="span", help="the variant the goals are for")
@@ -123,7 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.spatial:
         folder = args.spatial
-        spec = yaml.safe_load((folder / "spec.json").read_text())
+        spec = json.loads((folder / "spec.json").read_text())
         from span.synthetic.layouts import TASKS
 
         classes = list(TASKS[spec["task"]].classes)
@@ -135,14 +138,17 @@ def main() -> None:
         config = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
         classes = config["classes"]
         samples = load_sample_sheet(REPO / config["samples"], classes)
-        (features,) = (args.results / "features").iterdir()
+        folders = sorted((args.results / "features").glob("*/"))
+        features = args.features or (folders[0] if len(folders) == 1 else None)
+        if features is None:
+            parser.error(f"{len(folders)} feature folders in {args.results}/features: --features")
         truths = demo_truths(samples, features, REPO / "resources" / "demo" / "slides")
         runs = runs_of(args.results / args.experiment)
         splits = args.results / "splits.tsv"
         title = f"localisation on the demo ({args.results}): tumour patches against tumour-free"
     if args.variants:
         runs = {v: r for v, r in runs.items() if v in args.variants}
-    models = {v: read_run_metrics(r[0] / "metrics.json")["model"] for v, r in runs.items()}
+    models = {v: read_run_metrics(r[0] / METRICS_JSON)["model"] for v, r in runs.items()}
     jobs = [(v, run, truths, len(classes), args.methods) for v, rs in runs.items() for run in rs]
     with ProcessPoolExecutor(args.workers) as pool:
         results = {(v, seed): aucs for v, seed, aucs in pool.map(score_run, jobs)}

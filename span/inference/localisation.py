@@ -17,6 +17,7 @@ from span.data.samplesheet import Sample
 from span.features.feature_file import read_feature_file
 from span.inference.attribution import patch_scores
 from span.inference.predict import load_trained
+from span.outputs import METRICS_JSON
 from span.run_files import read_run_metrics
 from span.synthetic.layouts import OTHER, RARE
 from span.synthetic.truth import TUMOUR_PATCH_FRACTION, patch_tumour_fraction, read_truth
@@ -79,7 +80,7 @@ def run_localisation(
 ) -> dict[str, dict[str, float | None]]:
     """Per method, each slide's AUC for one training run (its metrics.json names the model),
     scores toward the class the run predicts for the slide."""
-    metrics = read_run_metrics(run / "metrics.json")
+    metrics = read_run_metrics(run / METRICS_JSON)
     dev = torch.device(device)
     trained = load_trained(
         run, metrics["model"], metrics["hparams"], metrics["feature_dim"], n_classes, dev

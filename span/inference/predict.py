@@ -54,8 +54,7 @@ class PredictionJob:
 
 def run_prediction(job: PredictionJob) -> None:
     """Predict every slide of the sheet with each run's best checkpoint; write the CSV (rows
-    per seed, then `mean`) and, with `job.heatmaps`, each slide's patch scores (mean over the
-    runs, toward the class the seeds' mean predicts) as images and exports.
+    per seed, then `mean`) and, with `job.heatmaps`, each slide's heatmap and score exports.
     Up to `job.cache_mb` of features are read once for all the runs."""
     classes, qc = job.classes, job.qc
     samples = load_sample_sheet(job.samples, classes)
@@ -86,14 +85,26 @@ def run_prediction(job: PredictionJob) -> None:
     write_predictions(job.out, bags, probs, [d.name for d in job.runs], classes)
     for slide, reason in cohort.excluded:
         log.warning("%s: no prediction (%s)", slide, reason)
-    if job.heatmaps is None:
-        return
+    if job.heatmaps is not None:
+        draw_heatmaps(job, samples, bags, probs.mean(axis=0), feeder, cohort.feature_dim, dev)
+
+
+def draw_heatmaps(
+    job: PredictionJob,
+    samples: list,
+    bags: list[Bag],
+    probs: np.ndarray,
+    feeder: BagFeeder,
+    feature_dim: int,
+    dev: torch.device,
+) -> None:
+    """Each bag's patch scores (mean over the runs, toward the class the seeds' mean `probs`
+    predict) written as image and exports; files of slides no longer predicted are removed."""
     method = resolve_method(job.heatmap_scores, job.model)
-    mean = probs.mean(axis=0)
     scores: dict[str, np.ndarray] = {}
-    for trained in _trained_models(job, cohort.feature_dim, dev):
+    for trained in _trained_models(job, feature_dim, dev):
         for b, features, grid in feeder(bags):
-            target = int(mean[b].argmax())
+            target = int(probs[b].argmax())
             _, patch = patch_scores(
                 trained.net, trained.standardise(features), grid, method, target
             )
@@ -105,8 +116,8 @@ def run_prediction(job: PredictionJob) -> None:
         caption = HeatmapCaption(
             bag.slide_id,
             labels[bag.slide_id] or None,
-            classes[int(mean[b].argmax())],
-            float(mean[b].max()),
+            job.classes[int(probs[b].argmax())],
+            float(probs[b].max()),
             job.variant or job.model,
             meaning(method, job.model),
         )
