@@ -80,7 +80,9 @@ def register(stages: argparse._SubParsersAction) -> None:
         help="normal, tumor (islands), or the tumour as patch cells scattered or clumped",
     )
     add_options(d, DemoSettings)
-    d.add_argument("--out", required=True, help="TIFF to write")
+    d.add_argument(
+        "--out", required=True, help="TIFF to write (its tumour truth beside it: .truth.png)"
+    )
     d.set_defaults(func=_demo_slide)
 
     b = stages.add_parser(
@@ -94,7 +96,9 @@ def register(stages: argparse._SubParsersAction) -> None:
     c = stages.add_parser(
         "demo-cohort", help="write the whole synthetic demo cohort and its sample sheet"
     )
-    c.add_argument("--out", required=True, help="folder: slides/<id>.tiff and samples.tsv")
+    c.add_argument(
+        "--out", required=True, help="folder: slides/<id>.tiff (+ .truth.png) and samples.tsv"
+    )
     c.add_argument("--n-slides", type=int, default=DEMO_SLIDES)
     add_options(c, DemoSettings)
     c.set_defaults(func=_demo_cohort)

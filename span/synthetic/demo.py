@@ -133,7 +133,8 @@ def demo_sheet(slides_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES) -> st
 def write_demo_cohort(
     out_dir: str | os.PathLike, n_slides: int = DEMO_SLIDES, seed: int = _SEED
 ) -> Path:
-    """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` plus ``<out_dir>/samples.tsv``."""
+    """Write demo_00.. as ``<out_dir>/slides/<id>.tiff`` with their truth beside them, plus
+    ``<out_dir>/samples.tsv``."""
     slides_dir = Path(out_dir) / "slides"
     for i, sid in enumerate(demo_slide_ids(n_slides)):
         make_demo_slide(slides_dir / f"{sid}.tiff", sid, demo_label(i), seed=seed)
