@@ -19,8 +19,8 @@ from span.inference.heatmap import (
     colourbar_ticks,
     figure_rgb,
     heatmap_figure,
+    paint_heatmap,
     rank_normalise,
-    render_heatmap,
     thumbnail,
 )
 
@@ -31,7 +31,7 @@ def test_cells_take_their_rank_colour_and_the_rest_stays_the_thumbnail(write_sli
     grid = np.array([[0, 0], [2, 1], [5, 3], [1, 3]])  # (x, y) cells of 128 px
     scores = np.array([0.3, -2.0, 7.0, 0.3])  # a tie, a low and a top score
     image, downsample = thumbnail(slide, 384)
-    out = render_heatmap(slide, grid, 128, scores, max_side=384)
+    out = paint_heatmap(image, downsample, grid, 128, scores)
     assert out.shape == image.shape == (256, 384, 3) and downsample == 2.0
     viridis = matplotlib.colormaps["viridis"]
     painted = np.zeros(image.shape[:2], bool)
@@ -49,12 +49,13 @@ def test_cells_take_their_rank_colour_and_the_rest_stays_the_thumbnail(write_sli
 def test_a_grid_reaching_past_the_thumbnail_is_cut_at_its_edge(write_slide) -> None:
     slide = write_slide(np.full((256, 256, 3), 200, np.uint8))
     # Cells of 50 thumbnail px: the second one spans 100-150, past the 128-px thumbnail.
-    out = render_heatmap(slide, np.array([[0, 0], [2, 2]]), 100, np.array([1.0, 2.0]), 128)
+    image, downsample = thumbnail(slide, 128)
+    out = paint_heatmap(image, downsample, np.array([[0, 0], [2, 2]]), 100, np.array([1.0, 2.0]))
     assert out.shape == (128, 128, 3)
     assert (out[:50, :50] != 200).all() and (out[100:, 100:] != 200).all()
     assert (out[50:100, :] == 200).all() and (out[:, 50:100] == 200).all()
     np.testing.assert_array_equal(
-        render_heatmap(slide, np.zeros((0, 2), int), 100, np.zeros(0), 128), out * 0 + 200
+        paint_heatmap(image, downsample, np.zeros((0, 2), int), 100, np.zeros(0)), out * 0 + 200
     )
 
 
@@ -136,7 +137,7 @@ def test_panels_are_the_thumbnail_and_the_heatmap_side_by_side(write_slide) -> N
     (thumb,), (heat,) = _axes(fig, "thumbnail"), _axes(fig, "heatmap")
     np.testing.assert_array_equal(thumb.images[0].get_array(), thumbnail(slide, 256)[0])
     np.testing.assert_array_equal(
-        heat.images[0].get_array(), render_heatmap(slide, grid, 128, scores, 256)
+        heat.images[0].get_array(), paint_heatmap(*thumbnail(slide, 256), grid, 128, scores)
     )
     left, right = thumb.get_position(), heat.get_position()
     assert left.bounds[1:] == pytest.approx(right.bounds[1:]) and left.x1 < right.x0

@@ -69,22 +69,11 @@ def _viridis_table() -> np.ndarray:
     return cmap(np.arange(cmap.N))[:, :3] * 255
 
 
-def render_heatmap(
-    slide_path: str | Path,
-    grid: np.ndarray,
-    patch_size0: int,
-    scores: np.ndarray,
-    max_side: int = PredictSettings().heatmap_max_side,
-) -> np.ndarray:
-    """The thumbnail with each patch's cell coloured by its score (rank-normalised, viridis)."""
-    image, downsample = thumbnail(slide_path, max_side)
-    return _paint(image, downsample, grid, patch_size0, scores)
-
-
-def _paint(
+def paint_heatmap(
     image: np.ndarray, downsample: float, grid: np.ndarray, patch_size0: int, scores: np.ndarray
 ) -> np.ndarray:
-    """render_heatmap on a thumbnail already read (the figure shows it too: read it once).
+    """A thumbnail (level-0 px per pixel `downsample`, as `thumbnail` returns it) with each
+    patch's cell coloured by its score (rank-normalised, viridis), half and half.
 
     Colours are looked up per cell before painting (a colormap over every pixel of a
     1200-px float canvas took most of a heatmap's time)."""
@@ -190,7 +179,8 @@ def heatmap_figure(
     thumb.imshow(image, interpolation="nearest")
     thumb.set_title("slide", fontsize=9)
     heat = _axes(fig, left + pw + GAP, panels_y, pw, ph, "heatmap")
-    heat.imshow(_paint(image, downsample, grid, patch_size0, scores), interpolation="nearest")
+    painted = paint_heatmap(image, downsample, grid, patch_size0, scores)
+    heat.imshow(painted, interpolation="nearest")
     heat.set_title(f"{len(scores)} patches coloured by score", fontsize=9)
     bar = _axes(fig, left + 2 * pw + 1.5 * GAP, panels_y, BAR_W, ph, "colourbar")
     positions, labels = colourbar_ticks(scores)

@@ -77,7 +77,11 @@ def run_prediction(job: PredictionJob) -> None:
     dev = resolve_device(job.device)
     feeder = BagFeeder(cohort.feature_dim, dev, cache_mb=job.cache_mb)  # raw: each run standardises
     probs = np.zeros((len(job.runs), len(bags), len(classes)))
-    for r, trained in enumerate(_trained_models(job, cohort.feature_dim, dev)):
+    models = [
+        load_trained(run, job.model, job.hparams, cohort.feature_dim, len(classes), dev)
+        for run in job.runs
+    ]
+    for r, trained in enumerate(models):
         with torch.no_grad():
             for b, features, grid in feeder(bags):
                 logits = trained.net(trained.standardise(features), grid).logits
@@ -86,7 +90,7 @@ def run_prediction(job: PredictionJob) -> None:
     for slide, reason in cohort.excluded:
         log.warning("%s: no prediction (%s)", slide, reason)
     if job.heatmaps is not None:
-        draw_heatmaps(job, samples, bags, probs.mean(axis=0), feeder, cohort.feature_dim, dev)
+        draw_heatmaps(job, samples, bags, probs.mean(axis=0), feeder, models)
 
 
 def draw_heatmaps(
@@ -95,14 +99,13 @@ def draw_heatmaps(
     bags: list[Bag],
     probs: np.ndarray,
     feeder: BagFeeder,
-    feature_dim: int,
-    dev: torch.device,
+    models: list[TrainedModel],
 ) -> None:
     """Each bag's patch scores (mean over the runs, toward the class the seeds' mean `probs`
     predict) written as image and exports; files of slides no longer predicted are removed."""
     method = resolve_method(job.heatmap_scores, job.model)
     scores: dict[str, np.ndarray] = {}
-    for trained in _trained_models(job, feature_dim, dev):
+    for trained in models:
         for b, features, grid in feeder(bags):
             target = int(probs[b].argmax())
             _, patch = patch_scores(
@@ -150,12 +153,6 @@ def load_trained(
     net.load_state_dict(torch.load(run / CHECKPOINT, map_location=dev, weights_only=True))
     stats = FeatureStats.load(run / FEATURE_STATS)
     return TrainedModel(net.eval(), stats.mean.to(dev), stats.std.to(dev))
-
-
-def _trained_models(job: PredictionJob, feature_dim: int, dev: torch.device):
-    """Each run's model, one at a time."""
-    for run in job.runs:
-        yield load_trained(run, job.model, job.hparams, feature_dim, len(job.classes), dev)
 
 
 #: The files each slide gets in the heatmaps folder.
