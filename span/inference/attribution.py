@@ -81,16 +81,17 @@ def patch_scores(
     predicted class. The model must be in eval mode (dropout off, no augmentation)."""
     if model.training:
         raise ValueError("patch scores need the model in eval mode")
-    with torch.no_grad():
-        out = model(features, grid)
-    logits = out.logits.detach()
     if method == "attention":
-        return logits, out.patch_scores.detach().float()
-    target = int(logits.argmax()) if target is None else target
+        with torch.no_grad():
+            out = model(features, grid)
+        return out.logits.detach(), out.patch_scores.detach().float()
     if method == "gradient":
         alphas = [1.0]
     elif method == "integrated_gradients":
         alphas = [(k + 0.5) / steps for k in range(steps)]
+        with torch.no_grad():  # the path never reaches the slide itself
+            logits = model(features, grid).logits.float()
+        target = int(logits.argmax()) if target is None else target
     else:
         raise ValueError(f"unknown patch score method {method!r}; choose one of {METHODS}")
     reference = features.detach().mean(dim=0, keepdim=True)
@@ -99,6 +100,10 @@ def patch_scores(
     for alpha in alphas:
         x = (reference + alpha * delta).requires_grad_(True)
         with torch.enable_grad():
-            (grad,) = torch.autograd.grad(margin(model(x, grid).logits.float(), target), x)
+            path_logits = model(x, grid).logits.float()
+            target = int(path_logits.argmax()) if target is None else target
+            (grad,) = torch.autograd.grad(margin(path_logits, target), x)
         total += grad.float()
-    return logits, (delta.float() * total / len(alphas)).sum(dim=1)
+    if method == "gradient":  # one pass, at the slide itself
+        logits = path_logits
+    return logits.detach(), (delta.float() * total / len(alphas)).sum(dim=1)
